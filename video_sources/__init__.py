@@ -1,0 +1,5 @@
+"""Where frames come from: local files and URLs, synthetic scenes, Pexels; all decoded in memory."""
+
+from video_sources.base import SourceStats, VideoSource
+from video_sources.decode import VideoDecodeError, decode_video_bytes
+from video_sources.local import LocalSource

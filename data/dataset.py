@@ -1,0 +1,96 @@
+"""Thin torch datasets over the ring buffer (training) and over a frozen snapshot (validation).
+
+Legend: B batch, J = 27 joints, S crop side. Fields and dtypes are those of
+`data.ring_buffer.buffer_layout`; `image` stays uint8 `[.., 3, S, S]` and becomes float only on
+the training device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+from data.ring_buffer import RingBuffer
+
+# What a model needs from a sample; the id fields ride along for telemetry and debugging.
+REQUIRED_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop")
+
+
+class BufferDataset(IterableDataset):
+    """Endless whole batches sampled uniformly, with replacement, from a live `RingBuffer`.
+
+    Use with `DataLoader(ds, batch_size=None, num_workers=0)`: the loader thread and the producer
+    thread share the buffer in this process. DataLoader worker processes would each hold a copy of
+    this object and of a process-local buffer; they need the shared-memory buffer (a later step).
+
+    Args:
+        buffer: the ring buffer the producers fill.
+        batch_size: B rows per batch.
+        seed: seeds the index generator; each new iterator gets its own stream.
+
+    Attributes:
+        batches: batches yielded so far.
+        sample_s: seconds spent inside `buffer.sample` (lock waits and copies), for telemetry.
+
+    Raises:
+        ValueError: if batch_size <= 0.
+    """
+
+    def __init__(self, buffer: RingBuffer, batch_size: int, *, seed: int = 0):
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.buffer, self.batch_size = buffer, batch_size
+        self._seeds = np.random.SeedSequence(seed)
+        self.batches, self.sample_s = 0, 0.0
+
+    @property
+    def mean_sample_ms(self) -> float:
+        """Mean milliseconds per batch spent sampling the buffer."""
+        return 1000.0 * self.sample_s / self.batches if self.batches else 0.0
+
+    def __iter__(self):
+        """Yield `dict[str, Tensor]` batches, each field `[B, ...]`, forever.
+
+        Raises:
+            data.ring_buffer.EmptyBufferError: if the buffer is empty (wait for it first).
+        """
+        rng = np.random.default_rng(self._seeds.spawn(1)[0])
+        while True:
+            t0 = time.perf_counter()
+            rows = self.buffer.sample(self.batch_size, rng)
+            self.sample_s += time.perf_counter() - t0
+            self.batches += 1
+            yield {k: torch.from_numpy(v) for k, v in rows.items()}
+
+
+class FrozenDataset(Dataset):
+    """Single samples from a frozen snapshot (`RingBuffer.snapshot()`), for validation.
+
+    Items are `dict[str, Tensor]` without the batch dimension; a normal DataLoader batches them.
+
+    Args:
+        arrays: fields `[N, ...]` as `RingBuffer.snapshot()` returns them.
+
+    Raises:
+        ValueError: if a required field is missing or the fields disagree on N.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        missing = [k for k in REQUIRED_FIELDS if k not in arrays]
+        if missing:
+            raise ValueError(f"snapshot lacks {missing}")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"snapshot fields disagree on their length: {lengths}")
+        self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        self._len = lengths["image"]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.arrays.items()}

@@ -1,0 +1,391 @@
+"""The labelling loop: frames from a source, people from a teacher, crops into a ring buffer.
+
+`label_stream` is the synchronous loop (used by `pipeline.py --dry-run` and to build the frozen
+validation set); `Producer` runs it in a daemon thread beside the trainer. One bad frame or video
+never ends the stream: teacher errors are logged (rate-limited), counted and skipped. Only a
+`TeacherUnavailableError` is fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from data.ring_buffer import RingBuffer
+from labeler.base import Teacher, TeacherUnavailableError
+from stream_pose.codec import crop_sample
+from stream_pose.types import Frame, PersonLabel
+from video_sources.base import SourceStats, VideoSource
+
+logger = logging.getLogger(__name__)
+
+LOGGED_ERRORS_PER_VIDEO = 3  # teacher errors logged in full per video; the rest are summarised
+SKIP_AFTER_FAILURES = 10  # a video whose first N frames all fail is skipped
+
+
+@dataclass
+class LabelStats:
+    """Labelling counters, for one video or for the whole stream.
+
+    Attributes:
+        frames: frames given to the teacher.
+        frames_with_person: frames where it found at least one person.
+        persons: labels returned.
+        visible_joints: sum over labels of visible joints (see `mean_visible_joints`).
+        samples_pushed: crops written to the buffer.
+        rejected: labels dropped because no crop could be cut (degenerate person box).
+        errors: frames on which `teacher.label` raised.
+        teacher_s: seconds inside `teacher.label`.
+        crop_s: seconds cropping and pushing.
+        wall_s: seconds of the whole loop, source decoding included.
+    """
+
+    frames: int = 0
+    frames_with_person: int = 0
+    persons: int = 0
+    visible_joints: int = 0
+    samples_pushed: int = 0
+    rejected: int = 0
+    errors: int = 0
+    teacher_s: float = 0.0
+    crop_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def mean_visible_joints(self) -> float:
+        """Visible joints per labelled person (of 27)."""
+        return self.visible_joints / self.persons if self.persons else 0.0
+
+    @property
+    def teacher_fps(self) -> float:
+        """Frames per second of the teacher alone."""
+        return self.frames / self.teacher_s if self.teacher_s > 0 else 0.0
+
+    @property
+    def label_fps(self) -> float:
+        """Frames per second end to end (decode, teacher, crop, push)."""
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class ProducerStats:
+    """What a labelling run did.
+
+    Attributes:
+        total: counters over the whole stream.
+        per_video: counters per video id, in the order the videos arrived.
+        skipped_videos: ids of videos skipped because the teacher failed on all their first frames.
+        source_stats: the source's own counters (decoded, skipped videos), when it has them.
+        last_error: text of the last teacher error, if any.
+    """
+
+    total: LabelStats = field(default_factory=LabelStats)
+    per_video: dict[str, LabelStats] = field(default_factory=dict)
+    skipped_videos: list[str] = field(default_factory=list)
+    source_stats: SourceStats | None = None
+    last_error: str | None = None
+
+    def copy(self) -> ProducerStats:
+        """A copy that later updates from the labelling thread do not change."""
+        src = self.source_stats
+        if src is not None:
+            src = dataclasses.replace(src, skipped=list(src.skipped))
+        return ProducerStats(
+            total=dataclasses.replace(self.total),
+            # dict() first: one atomic copy under the GIL, safe while the thread inserts
+            per_video={k: dataclasses.replace(v) for k, v in dict(self.per_video).items()},
+            skipped_videos=list(self.skipped_videos),
+            source_stats=src,
+            last_error=self.last_error,
+        )
+
+
+class _VideoState:
+    """One pass over one video: its id, its counters, its errors so far, whether it is skipped."""
+
+    def __init__(self, frame: Frame, stats: LabelStats, skip: bool):
+        self.id, self.last_index, self.stats = frame.video.id, frame.index, stats
+        self.frames = self.successes = self.errors = 0  # this pass only (a looped video repeats)
+        self.skip = skip
+
+    def is_new(self, frame: Frame) -> bool:
+        """A new video starts when the id changes or the index goes back (a looped list)."""
+        return frame.video.id != self.id or frame.index <= self.last_index
+
+
+def label_stream(
+    source: VideoSource,
+    teacher: Teacher,
+    buffer: RingBuffer,
+    crop_size: int,
+    *,
+    stop: threading.Event | None = None,
+    stats: ProducerStats | None = None,
+    max_samples: int | None = None,
+) -> ProducerStats:
+    """Label every frame of `source` with `teacher` and push one crop per person into `buffer`.
+
+    Calls `teacher.reset()` before the first frame of every video. A frame on which the teacher
+    raises is logged (the first few per video, then a summary), counted and skipped; a video whose
+    first `SKIP_AFTER_FAILURES` frames all fail is skipped to its end.
+
+    Args:
+        source: frames, video after video.
+        teacher: labels one frame at a time.
+        buffer: where the crops go; its `crop_size` must equal `crop_size`.
+        crop_size: crop side S in pixels.
+        stop: when set, the loop returns after the current frame.
+        stats: counters to add to (a `Producer` passes its live ones); default: new ones.
+        max_samples: return once this call has pushed at least this many samples.
+
+    Returns:
+        The counters, with `source_stats` taken from the source.
+
+    Raises:
+        TeacherUnavailableError: the teacher cannot run at all.
+        ValueError: if `crop_size` differs from the buffer's.
+    """
+    if crop_size != buffer.crop_size:
+        raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
+    stats = stats if stats is not None else ProducerStats()
+    stats.source_stats = getattr(source, "stats", None)
+    pushed_before = stats.total.samples_pushed
+    video: _VideoState | None = None
+    tick = time.perf_counter()
+    for frame in source:
+        if stop is not None and stop.is_set():
+            break
+        if video is None or video.is_new(frame):
+            _end_video(video)
+            video = _start_video(frame, teacher, stats)
+        video.last_index = frame.index
+        if not video.skip:
+            _label_frame(frame, teacher, buffer, crop_size, video, stats)
+        now = time.perf_counter()
+        video.stats.wall_s += now - tick
+        stats.total.wall_s += now - tick
+        tick = now
+        if max_samples is not None and stats.total.samples_pushed - pushed_before >= max_samples:
+            break
+    _end_video(video)
+    return stats
+
+
+def _start_video(frame: Frame, teacher: Teacher, stats: ProducerStats) -> _VideoState:
+    vid = frame.video.id
+    skip = vid in stats.skipped_videos  # the teacher failed on it before: don't retry each loop
+    if not skip:
+        teacher.reset()
+    return _VideoState(frame, stats.per_video.setdefault(vid, LabelStats()), skip)
+
+
+def _end_video(video: _VideoState | None) -> None:
+    """Summarise the errors that were counted but not logged."""
+    if video is not None and video.errors > LOGGED_ERRORS_PER_VIDEO:
+        logger.warning(
+            "video %s: teacher failed on %d of %d frames (%d not logged)",
+            video.id, video.errors, video.frames, video.errors - LOGGED_ERRORS_PER_VIDEO,
+        )
+
+
+def _label_frame(
+    frame: Frame,
+    teacher: Teacher,
+    buffer: RingBuffer,
+    crop_size: int,
+    video: _VideoState,
+    stats: ProducerStats,
+) -> None:
+    """Label one frame and push its crops, updating the video's and the total counters."""
+    counters = (video.stats, stats.total)
+    video.frames += 1
+    t0 = time.perf_counter()
+    try:
+        labels = teacher.label(frame)
+    except TeacherUnavailableError:
+        raise
+    except Exception as exc:  # one bad frame must not end the stream
+        _count(counters, frames=1, errors=1, teacher_s=time.perf_counter() - t0)
+        video.errors += 1
+        stats.last_error = f"{type(exc).__name__}: {exc}"
+        _on_teacher_error(frame, video, stats, exc)
+        return
+    t1 = time.perf_counter()
+    video.successes += 1
+    pushed, rejected = _push_crops(frame, labels, buffer, crop_size)
+    _count(
+        counters,
+        frames=1,
+        frames_with_person=int(bool(labels)),
+        persons=len(labels),
+        visible_joints=int(sum(float(lb.visibility.sum()) for lb in labels)),
+        samples_pushed=pushed,
+        rejected=rejected,
+        teacher_s=t1 - t0,
+        crop_s=time.perf_counter() - t1,
+    )
+
+
+def _push_crops(
+    frame: Frame, labels: list[PersonLabel], buffer: RingBuffer, crop_size: int
+) -> tuple[int, int]:
+    """Crop every labelled person into the buffer; returns (pushed, rejected)."""
+    pushed = rejected = 0
+    for label in labels:
+        try:
+            sample = crop_sample(frame, label, crop_size)
+        except ValueError as exc:  # degenerate box: nothing to crop
+            logger.debug("video %s frame %d: no crop: %s", frame.video.id, frame.index, exc)
+            rejected += 1
+            continue
+        buffer.push(sample)
+        pushed += 1
+    return pushed, rejected
+
+
+def _on_teacher_error(
+    frame: Frame, video: _VideoState, stats: ProducerStats, exc: Exception
+) -> None:
+    """Log the first few errors of a video; skip the video if it never worked at all."""
+    n = video.errors
+    if n <= LOGGED_ERRORS_PER_VIDEO:
+        logger.warning(
+            "teacher failed on video %s frame %d: %s: %s%s",
+            frame.video.id, frame.index, type(exc).__name__, exc,
+            " (further errors of this video are counted, not logged)"
+            if n == LOGGED_ERRORS_PER_VIDEO else "",
+        )
+    if video.successes == 0 and n >= SKIP_AFTER_FAILURES:
+        video.skip = True
+        stats.skipped_videos.append(video.id)
+        logger.warning(
+            "skipping video %s: the teacher failed on its first %d frames (last: %s)",
+            video.id, n, stats.last_error,
+        )
+
+
+def _count(counters: tuple[LabelStats, ...], **deltas: float) -> None:
+    for c in counters:
+        for name, delta in deltas.items():
+            setattr(c, name, getattr(c, name) + delta)
+
+
+class Producer:
+    """Runs `label_stream` in a daemon thread that owns its teacher.
+
+    The teacher is built inside the thread by `teacher_factory` (one teacher per producer:
+    MediaPipe's graph is not thread-safe, and later producers become processes). The thread closes
+    the teacher and the source when it ends, whatever the reason.
+
+    Args:
+        source: the frames to label; iterated and closed by the thread.
+        teacher_factory: makes the teacher, e.g. a Hydra `_partial_` of a teacher class.
+        buffer: where the crops go.
+        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+
+    Raises:
+        ValueError: if `crop_size` differs from the buffer's.
+    """
+
+    def __init__(
+        self,
+        source: VideoSource,
+        teacher_factory: Callable[[], Teacher],
+        buffer: RingBuffer,
+        crop_size: int,
+    ):
+        if crop_size != buffer.crop_size:
+            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
+        self._source, self._teacher_factory = source, teacher_factory
+        self._buffer, self._crop_size = buffer, crop_size
+        self._stop = threading.Event()
+        self._stats = ProducerStats()
+        self._error: BaseException | None = None
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="stream-pose-producer", daemon=True)
+
+    def start(self) -> None:
+        """Start the labelling thread.
+
+        Raises:
+            RuntimeError: if it was started before.
+        """
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the thread to stop after its current frame and join it; idempotent.
+
+        A thread still blocked (e.g. in a slow decode) after `timeout_s` is logged and left to
+        finish on its own: it is a daemon and exits with the interpreter.
+        """
+        self._stop.set()
+        if not self._thread.ident:  # never started: nobody else will close the source
+            self._close_source()
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("producer did not stop within %.1f s; left as a daemon", timeout_s)
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the labelling thread runs."""
+        return self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the thread, if one did."""
+        return self._error
+
+    @property
+    def stats(self) -> ProducerStats:
+        """A copy of the live counters, taken without stopping the thread."""
+        return self._stats.copy()
+
+    def failure_reason(self) -> str | None:
+        """Why no more samples will come, or None while the producer runs (or was stopped).
+
+        Meant as `RingBuffer.wait_for(abort=producer.failure_reason)`.
+        """
+        if self._error is not None:
+            return f"producer failed: {type(self._error).__name__}: {self._error}"
+        if self._finished and not self._stop.is_set():
+            total = self._stats.total
+            return (
+                f"producer finished: the source ran out after {total.frames} frames "
+                f"({total.samples_pushed} samples, {total.errors} teacher errors)"
+            )
+        return None
+
+    def _run(self) -> None:
+        teacher = None
+        try:
+            teacher = self._teacher_factory()
+            label_stream(
+                self._source, teacher, self._buffer, self._crop_size,
+                stop=self._stop, stats=self._stats,
+            )
+            logger.info("producer finished: %d frames, %d samples",
+                        self._stats.total.frames, self._stats.total.samples_pushed)
+        except BaseException as exc:  # kept for the trainer: a dead producer must be visible
+            self._error = exc
+            logger.error("producer failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        finally:
+            if teacher is not None:
+                _close_quietly(teacher, "teacher")
+            self._close_source()
+            self._finished = True
+
+    def _close_source(self) -> None:
+        _close_quietly(self._source, "source")
+
+
+def _close_quietly(obj: object, what: str) -> None:
+    """Close `obj`, logging (not raising) a failure: closing must not hide the real error."""
+    try:
+        obj.close()
+    except Exception:
+        logger.exception("closing the %s failed", what)

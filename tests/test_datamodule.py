@@ -1,0 +1,252 @@
+"""The DataModule: frozen val split, primed training buffer, loaders, teardown, clear failures."""
+
+import functools
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from data.datamodule import EmptyValidationSetError, StreamDataModule
+from data.ring_buffer import BufferStarvedError
+from labeler.base import TeacherUnavailableError
+from stream_pose.camera import default_K
+from stream_pose.codec import label_from_camera
+from stream_pose.types import Frame, VideoRef
+from video_sources.base import SourceStats
+
+HW = (48, 64)
+S = 32
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+PERSON = np.random.default_rng(0).normal(0, 0.15, (27, 3)) + [0.0, 0.0, 4.0]  # metres
+
+
+class FakeSource:
+    """`videos` [(id, n_frames)] of noise frames, once or (loop) forever."""
+
+    kind = "fake"
+
+    def __init__(self, videos, loop):
+        self.videos, self.loop, self.stats = videos, loop, SourceStats()
+
+    def __iter__(self):
+        rng = np.random.default_rng(0)
+        while True:
+            for vid, n in self.videos:
+                for i in range(n):
+                    self.stats.frames += 1
+                    image = rng.integers(0, 256, (*HW, 3), dtype=np.uint8)
+                    yield Frame(image, i, i / 30, VideoRef(vid, "fake"), K=default_K(*HW))
+            if not self.loop or not self.videos:
+                return
+
+    def close(self):
+        pass
+
+
+class FakeTeacher:
+    """One person per frame; `behaviour(frame)` may return "none" or raise instead."""
+
+    name, device = "fake", "cpu"
+
+    def __init__(self, behaviour=lambda frame: None):
+        self.behaviour = behaviour
+
+    def label(self, frame):
+        if self.behaviour(frame) == "none":
+            return []
+        K = frame.K if frame.K is not None else default_K(*frame.hw)
+        return [label_from_camera(PERSON, K, frame.hw, track_id=0, confidence=1.0,
+                                  teacher=self.name)]
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _source_factory(calls, n_train=3, n_val=3, frames=4, empty=()):
+    def make(split="train", loop=True):
+        calls.append((split, loop))
+        n = 0 if split in empty else (n_train if split == "train" else n_val)
+        return FakeSource([(f"{split}-{i}", frames) for i in range(n)], loop)
+
+    return make
+
+
+def _module(source, teacher=FakeTeacher, **kw) -> StreamDataModule:
+    settings = dict(capacity=64, crop_size=S, batch_size=8, min_samples=32, start_timeout_s=5.0,
+                    val_max_samples=10)
+    return StreamDataModule(source, teacher, **{**settings, **kw})
+
+
+def _producer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "stream-pose-producer" and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads():
+    yield
+    assert not _producer_threads(), "a test left a producer thread running"
+
+
+def test_setup_freezes_val_and_primes_the_buffer():
+    calls = []
+    dm = _module(_source_factory(calls))
+    try:
+        dm.setup("fit")
+        assert calls == [("val", False), ("train", True)]
+        assert dm.val_video_ids == ["val-0", "val-1", "val-2"]  # 4 + 4 + 2 = val_max_samples
+        assert len(dm.val_dataloader().dataset) == 10
+        assert len(dm.buffer) >= 32
+        assert dm.train_video_ids_seen and not set(dm.train_video_ids_seen) & set(dm.val_video_ids)
+        assert dm.producer_stats.total.samples_pushed >= 32 and dm.producer_failure is None
+        dm.setup("fit")  # Lightning may call it again: nothing is rebuilt
+        assert len(calls) == 2
+    finally:
+        dm.teardown("fit")
+
+
+def test_loaders_give_batches_of_the_right_shapes_and_dtypes():
+    dm = _module(_source_factory([]))
+    try:
+        dm.setup("fit")
+        train = next(iter(dm.train_dataloader()))
+        val = list(dm.val_dataloader())
+    finally:
+        dm.close()
+    for batch, n in ((train, 8), (val[0], 8)):
+        assert batch["image"].shape == (n, 3, S, S) and batch["image"].dtype == torch.uint8
+        assert batch["kpts2d"].shape == (n, 27, 2) and batch["kpts2d"].dtype == torch.float32
+        assert batch["kpts3d"].shape == (n, 27, 3) and batch["visibility"].shape == (n, 27)
+        assert batch["K_crop"].shape == (n, 3, 3) and batch["video_key"].dtype == torch.int64
+    assert [len(b["image"]) for b in val] == [8, 2]
+    assert torch.all(train["kpts3d"][:, 0] == 0)  # pelvis-relative targets
+    assert dm.train_dataset.batches == 1 and dm.buffer.stats().samples_read == 8
+
+
+def test_teardown_stops_the_producer_thread():
+    dm = _module(_source_factory([]))
+    dm.setup("fit")
+    assert len(_producer_threads()) == 1
+    dm.teardown("fit")
+    assert not _producer_threads()
+    dm.close()  # idempotent
+
+
+def test_an_empty_val_split_is_a_clear_error():
+    dm = _module(_source_factory([], empty=("val",)))
+    with pytest.raises(EmptyValidationSetError, match="no labelled person: 0 frames"):
+        dm.setup("fit")
+
+
+def test_a_train_source_that_yields_nothing_fails_fast():
+    dm = _module(_source_factory([], empty=("train",)), start_timeout_s=30.0)
+    t0 = time.monotonic()
+    with pytest.raises(BufferStarvedError, match="source ran out after 0 frames"):
+        dm.setup("fit")
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_a_teacher_that_finds_nobody_times_out():
+    teacher = functools.partial(FakeTeacher, lambda f: "none" if f.video.id.startswith("train")
+                                else None)
+    dm = _module(_source_factory([]), teacher, start_timeout_s=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(BufferStarvedError, match=r"0/32 samples: timeout.*0 persons") as err:
+        dm.setup("fit")
+    assert 0.5 <= time.monotonic() - t0 < 4.0 and err.value.reason is None
+
+
+def test_an_unavailable_teacher_fails_setup_at_once():
+    def behaviour(frame):
+        if frame.video.id.startswith("train"):
+            raise TeacherUnavailableError("CoMotion weights missing: run setup")
+
+    dm = _module(_source_factory([]), functools.partial(FakeTeacher, behaviour),
+                 start_timeout_s=60.0)
+    t0 = time.monotonic()
+    with pytest.raises(BufferStarvedError, match="CoMotion weights missing") as err:
+        dm.setup("fit")
+    assert time.monotonic() - t0 < 5.0
+    assert isinstance(err.value.__cause__, TeacherUnavailableError)
+
+
+class _TinyModule(L.LightningModule):
+    """Just enough of a model to drive the loaders through a Lightning fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(3, 27 * 3)
+        self.val_rows = 0
+
+    def _loss(self, batch):
+        feats = batch["image"].float().mean(dim=(-2, -1)) / 255  # [B, 3]
+        return torch.nn.functional.mse_loss(self.net(feats).view(-1, 27, 3), batch["kpts3d"])
+
+    def training_step(self, batch, _):
+        return self._loss(batch)
+
+    def validation_step(self, batch, _):
+        self.val_rows += len(batch["image"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_lightning_fit_runs_from_the_stream_and_tears_down():
+    dm, model = _module(_source_factory([])), _TinyModule()
+    trainer = L.Trainer(max_steps=3, val_check_interval=3, limit_val_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 3 and model.val_rows == 10
+    assert not _producer_threads()  # Lightning's teardown stopped the producer
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("video_sources.synthetic") is None
+    or importlib.util.find_spec("labeler.oracle") is None,
+    reason="needs SyntheticSource and OracleTeacher",
+)
+def test_synthetic_source_and_oracle_teacher():
+    from labeler.oracle import OracleTeacher
+    from video_sources.synthetic import SyntheticSource
+
+    source = functools.partial(SyntheticSource, num_videos=2, frames_per_video=4, seed=0,
+                               image_size=(96, 128))
+    dm = StreamDataModule(source, OracleTeacher, capacity=64, crop_size=S, batch_size=4,
+                          min_samples=8, start_timeout_s=30.0, val_max_samples=6)
+    try:
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+    finally:
+        dm.close()
+    assert dm.val_video_ids and not set(dm.val_video_ids) & set(dm.train_video_ids_seen)
+    assert batch["image"].shape == (4, 3, S, S) and torch.all(batch["kpts3d"][:, 0] == 0)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("video_sources.local") is None or not VIDEOS.is_dir(),
+    reason="needs LocalSource and ../shared/videos",
+)
+def test_real_footage_is_split_by_video():
+    from video_sources.local import LocalSource
+
+    paths = [VIDEOS / "posetrack_short.mp4", VIDEOS / "street_short.mp4"]
+    source = functools.partial(LocalSource, paths, val_videos=["street_short"], max_side=160,
+                               loop=True)
+    dm = _module(source, min_samples=12, val_max_samples=8)
+    try:
+        dm.setup("fit")
+        batch = next(iter(dm.val_dataloader()))
+    finally:
+        dm.close()
+    assert dm.val_video_ids == ["street_short"]
+    assert dm.train_video_ids_seen == ["posetrack_short"]
+    assert len(batch["image"]) == 5 and batch["image"].float().std() > 0  # real pixels

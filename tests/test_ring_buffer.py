@@ -1,0 +1,213 @@
+"""The ring buffer: capacity, ring order, uniform sampling, thread safety, waiting and stats."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from data.ring_buffer import (
+    BufferStarvedError,
+    EmptyBufferError,
+    RingBuffer,
+    video_key,
+)
+from stream_pose.types import Sample
+
+S = 16  # small crops keep the tests fast
+
+
+def _sample(i: int, video: str = "v", size: int = S) -> Sample:
+    """A sample whose every field encodes `i`, so that a torn row is detectable."""
+    return Sample(
+        image=np.full((3, size, size), i % 251, np.uint8),
+        kpts2d=np.full((27, 2), i, np.float32),
+        kpts3d=np.full((27, 3), -i, np.float32),
+        visibility=np.full(27, i % 2, np.float32),
+        K_crop=np.eye(3, dtype=np.float32) * i,
+        video_id=video,
+        frame_index=i,
+        track_id=i % 3,
+    )
+
+
+def _row_is_whole(rows: dict, r: int) -> bool:
+    i = int(rows["frame_index"][r])
+    return (
+        np.all(rows["image"][r] == i % 251)
+        and np.all(rows["kpts2d"][r] == i)
+        and np.all(rows["kpts3d"][r] == -i)
+        and np.all(rows["visibility"][r] == i % 2)
+        and np.all(rows["K_crop"][r] == np.eye(3) * i)
+        and rows["track_id"][r] == i % 3
+    )
+
+
+def test_len_never_exceeds_capacity():
+    buf = RingBuffer(5, S)
+    for i in range(12):
+        buf.push(_sample(i))
+        assert len(buf) == min(i + 1, 5)
+
+
+def test_newest_replaces_oldest():
+    buf = RingBuffer(4, S)
+    for i in range(7):
+        buf.push(_sample(i))
+    snap = buf.snapshot()
+    assert snap["frame_index"].tolist() == [3, 4, 5, 6]  # oldest first, 0..2 gone
+    assert buf.stats().overwritten == 3 and buf.stats().pushed == 7
+    # slots 0..2 were written twice, slot 3 once
+    assert sorted(snap["version"].tolist()) == [1, 2, 2, 2]
+
+
+def test_sampling_is_uniform_over_filled_slots():
+    buf = RingBuffer(10, S)
+    for i in range(3):
+        buf.push(_sample(i))
+    partial = buf.sample(300, np.random.default_rng(0))["frame_index"]
+    assert set(partial.tolist()) == {0, 1, 2}  # only filled slots, and all of them
+    for i in range(3, 10):
+        buf.push(_sample(i))
+    draws = buf.sample(20000, np.random.default_rng(1))["frame_index"]
+    counts = np.bincount(draws, minlength=10)
+    chi2 = ((counts - 2000.0) ** 2 / 2000.0).sum()
+    assert chi2 < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
+
+
+def test_samples_are_copies():
+    buf = RingBuffer(2, S)
+    buf.push(_sample(1))
+    rows = buf.sample(4)
+    snap = buf.snapshot()
+    for i in range(2, 6):
+        buf.push(_sample(i))
+    assert np.all(rows["frame_index"] == 1) and np.all(rows["image"] == 1)
+    assert snap["frame_index"].tolist() == [1] and np.all(snap["kpts2d"] == 1)
+
+
+def test_concurrent_push_and_sample_never_tear_rows():
+    buf = RingBuffer(64, 64)
+    done = threading.Event()
+
+    def writer():
+        i = 0
+        while not done.is_set():
+            buf.push(_sample(i, size=64))
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rng, batches, end = np.random.default_rng(0), 0, time.monotonic() + 1.0
+    try:
+        buf.wait_for(1, 5.0)
+        while time.monotonic() < end:
+            rows = buf.sample(32, rng)
+            torn = [r for r in range(32) if not _row_is_whole(rows, r)]
+            assert not torn, f"torn rows {torn} in batch {batches}"
+            batches += 1
+    finally:
+        done.set()
+        thread.join()
+    assert batches > 10 and buf.stats().pushed > buf.capacity  # both sides really ran
+
+
+def test_wait_for_returns_once_filled():
+    buf = RingBuffer(8, S)
+
+    def fill():
+        for i in range(3):
+            time.sleep(0.05)
+            buf.push(_sample(i))
+
+    threading.Thread(target=fill).start()
+    t0 = time.monotonic()
+    buf.wait_for(3, timeout_s=5.0)
+    assert len(buf) >= 3 and time.monotonic() - t0 < 2.0
+
+
+def test_wait_for_times_out_with_counts():
+    buf = RingBuffer(8, S)
+    buf.push(_sample(0))
+    t0 = time.monotonic()
+    with pytest.raises(BufferStarvedError, match=r"1/4 samples after 0\.[23]") as err:
+        buf.wait_for(4, timeout_s=0.25)
+    assert 0.25 <= time.monotonic() - t0 < 1.5
+    assert (err.value.have, err.value.need, err.value.reason) == (1, 4, None)
+
+
+def test_wait_for_aborts_at_once():
+    buf = RingBuffer(8, S)
+    calls = []
+
+    def abort():
+        calls.append(1)
+        return "producer died: boom" if len(calls) > 1 else None
+
+    t0 = time.monotonic()
+    with pytest.raises(BufferStarvedError, match="producer died: boom") as err:
+        buf.wait_for(2, timeout_s=30.0, abort=abort)
+    assert time.monotonic() - t0 < 2.0
+    assert err.value.reason == "producer died: boom"
+
+
+def test_wait_for_more_than_capacity_is_an_error():
+    with pytest.raises(ValueError, match="capacity 4"):
+        RingBuffer(4, S).wait_for(5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image", np.zeros((3, S + 1, S + 1), np.uint8), "image has shape"),
+        ("image", np.zeros((3, S, S), np.float32), "dtype float32"),
+        ("kpts2d", np.zeros((17, 2), np.float32), "kpts2d has shape"),
+        ("kpts3d", np.full((27, 3), np.nan, np.float32), "kpts3d has non-finite"),
+        ("K_crop", np.eye(4, dtype=np.float32), "K_crop has shape"),
+    ],
+)
+def test_push_rejects_bad_samples(field, value, message):
+    buf = RingBuffer(4, S)
+    bad = _sample(0)
+    setattr(bad, field, value)
+    with pytest.raises(ValueError, match=message):
+        buf.push(bad)
+    assert len(buf) == 0 and buf.stats().pushed == 0
+
+
+def test_empty_buffer_cannot_be_sampled():
+    with pytest.raises(EmptyBufferError, match="empty"):
+        RingBuffer(4, S).sample(1)
+
+
+def test_stats_count_pushes_overwrites_and_reads():
+    buf = RingBuffer(4, S)
+    for i in range(6):
+        buf.push(_sample(i))
+    buf.sample(5)
+    buf.sample(5)
+    st = buf.stats()
+    assert (st.capacity, st.size, st.fill, st.pushed, st.overwritten) == (4, 4, 1.0, 6, 2)
+    assert st.samples_read == 10 and st.reads_per_sample == pytest.approx(10 / 6)
+
+
+def test_video_ids_round_trip_through_keys():
+    buf = RingBuffer(4, S)
+    buf.push(_sample(0, video="walk.mp4"))
+    buf.push(_sample(1, video="run.mp4"))
+    keys = buf.snapshot()["video_key"]
+    assert [buf.video_id(k) for k in keys] == ["walk.mp4", "run.mp4"]
+    assert all(0 <= k < 2**63 for k in keys) and keys[0] != keys[1]
+    with pytest.raises(KeyError):
+        buf.video_id(video_key("never-pushed"))
+
+
+def test_video_key_is_stable_across_processes():
+    code = "from data.ring_buffer import video_key; print(video_key('pexels-123'))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a salted str hash would differ
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert int(out.stdout) == video_key("pexels-123")

@@ -1,0 +1,157 @@
+"""The LightningModule that distils a teacher's labels into the student.
+
+Legend: B batch, J = 27 joints, S crop side in pixels. Batches are dicts with `image` `[B, 3, S, S]`
+(uint8 from the loaders, float in [0, 1] after `on_after_batch_transfer`), `kpts2d` `[B, J, 2]`
+crop pixels, `kpts3d` `[B, J, 3]` metres pelvis-relative (camera axes: X right, Y down,
+Z forward), `visibility` `[B, J]` in {0, 1} and `K_crop` `[B, 3, 3]`; extra keys pass through.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from train.metrics import MeanPoseBaseline, mpjpe, pa_mpjpe
+from train.student import PoseStudent
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Tensor]
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def masked_l1(pred: Tensor, target: Tensor, vis: Tensor) -> Tensor:
+    """Mean absolute error over the coordinates of visible joints.
+
+    Args:
+        pred, target: `[B, J, D]`.
+        vis: `[B, J]` in {0, 1}.
+
+    Returns:
+        Scalar: sum of |pred - target| over visible joints / (visible joints x D); 0 if none.
+    """
+    w = vis.to(pred.dtype).unsqueeze(-1)
+    return ((pred - target).abs() * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+class PoseDistillModule(L.LightningModule):
+    """Trains a `PoseStudent` on teacher labels and validates it against held-out videos.
+
+    Loss: `loss_3d_weight` x masked L1 on 3D (metres) + `loss_2d_weight` x masked L1 on 2D divided
+    by S (so it is a fraction of the crop and does not depend on the crop size).
+
+    Validation logs, each pooled over every visible joint of the whole val set:
+    `val/mpjpe_mm`, `val/pa_mpjpe_mm` and `val/mean_pose_mpjpe_mm`, the error of always
+    predicting the mean training target (the bar the student has to clear).
+
+    Args:
+        net: the student.
+        optimizer: factory from parameters to an optimizer (a Hydra `_partial_` of AdamW);
+            only needed to train (None is fine for loading a checkpoint for inference).
+        scheduler: optional factory from the optimizer to a per-step LR scheduler.
+        loss_3d_weight, loss_2d_weight: loss weights (>= 0).
+        augment: optional batch augmentation (`data.augment.BatchAugment`), applied on the device
+            to training batches only.
+
+    Raises:
+        ValueError: on negative loss weights.
+    """
+
+    def __init__(
+        self,
+        net: PoseStudent,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        loss_3d_weight: float = 1.0,
+        loss_2d_weight: float = 1.0,
+        augment: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if loss_3d_weight < 0 or loss_2d_weight < 0:
+            raise ValueError(f"loss weights must be >= 0, got {loss_3d_weight}, {loss_2d_weight}")
+        # Only plain numbers go into the checkpoint: partials and modules would not load with
+        # torch.load(weights_only=True) (PITFALLS.md).
+        self.save_hyperparameters(logger=False, ignore=["net", "augment", "optimizer", "scheduler"])
+        self.net, self.augment = net, augment
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.mean_pose = MeanPoseBaseline()
+        self.val_mpjpe, self.val_pa_mpjpe, self.val_mean_pose = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def forward(self, image: Tensor) -> Any:
+        """`[B, 3, S, S]` float in [0, 1] -> `StudentOutput` (see `train.student`)."""
+        return self.net(image)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """uint8 crops become float in [0, 1] here, on the device (DESIGN.md: images)."""
+        image = batch["image"]
+        if not image.is_floating_point():
+            batch = {**batch, "image": image.float().div_(255.0)}
+        return batch
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Forward `batch` and return `loss`, `loss_3d`, `loss_2d` and `mpjpe` (metres)."""
+        out = self.net(batch["image"])
+        vis = batch["visibility"]
+        loss_3d = masked_l1(out.kpts3d, batch["kpts3d"], vis)
+        loss_2d = masked_l1(out.kpts2d / self.net.crop_size, batch["kpts2d"] / self.net.crop_size, vis)
+        loss = self.hparams.loss_3d_weight * loss_3d + self.hparams.loss_2d_weight * loss_2d
+        with torch.no_grad():
+            err = mpjpe(out.kpts3d, batch["kpts3d"], vis)
+        return {"loss": loss, "loss_3d": loss_3d, "loss_2d": loss_2d, "mpjpe": err}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        # The baseline sees the targets before augmentation: flips would make it left-right
+        # symmetric, i.e. a weaker bar than the true mean of the stream.
+        self.mean_pose.update(batch["kpts3d"], batch["visibility"])
+        if self.augment is not None:
+            batch = self.augment(batch)
+        out = self.losses(batch)
+        b = batch["image"].shape[0]
+        self.log_dict(
+            {f"train/{k}": out[k].detach() for k in ("loss", "loss_3d", "loss_2d")},
+            batch_size=b, prog_bar=False,
+        )
+        self.log("train/mpjpe_mm", 1000.0 * out["mpjpe"], batch_size=b, prog_bar=True)
+        return out["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        gt, vis = batch["kpts3d"], batch["visibility"]
+        pred = self.net(batch["image"]).kpts3d
+        mean = self.mean_pose.mean().to(gt).expand_as(gt)
+        # MeanMetric(value, weight) pools sum(err * vis) / sum(vis) over all batches (and ranks).
+        for metric, p, fn in (
+            (self.val_mpjpe, pred, mpjpe),
+            (self.val_pa_mpjpe, pred, pa_mpjpe),
+            (self.val_mean_pose, mean, mpjpe),
+        ):
+            metric.update(fn(p, gt, vis, reduction="none"), vis)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {
+            "val/mpjpe_mm": self.val_mpjpe,
+            "val/pa_mpjpe_mm": self.val_pa_mpjpe,
+            "val/mean_pose_mpjpe_mm": self.val_mean_pose,
+        }
+        self.log_dict({k: 1000.0 * m.compute() for k, m in metrics.items()}, prog_bar=True)
+        for m in metrics.values():
+            m.reset()
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer over all parameters, and the scheduler stepped every optimizer step.
+
+        Raises:
+            RuntimeError: if the module was built without an optimizer factory.
+        """
+        if self.optimizer_factory is None:
+            raise RuntimeError("PoseDistillModule needs an optimizer factory to train")
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,201 @@
+"""The student: a compact residual CNN with a 2D soft-argmax head and a 3D regression head.
+
+Legend: B batch, J = 27 joints (SMPL-27, ``stream_pose.skeleton``), S = crop side in pixels.
+Input: float RGB crops `[B, 3, S, S]` in [0, 1]; the ImageNet normalisation lives inside the
+model, so an exported model takes the same [0, 1] floats the training loop feeds it.
+Output: `kpts2d` `[B, J, 2]` crop pixels (x right, y down, pixel centres at integers) and
+`kpts3d` `[B, J, 3]` metres, pelvis-relative, camera-frame axes (X right, Y down, Z forward).
+
+Why these heads (they learn in a few thousand CPU steps):
+- 2D: per-joint heatmaps at stride 8 from a small FPN, read out by soft-argmax (integral
+  regression, Sun et al., "Integral Human Pose Regression", ECCV 2018): differentiable, sub-cell
+  accurate, and trained with a plain coordinate loss, no heatmap targets to render.
+- 3D: the stride-32 feature map is flattened (keeping where things are, which global pooling
+  throws away) and, together with the predicted 2D joints, regressed by an MLP to the 26
+  non-pelvis joints; the pelvis is exactly 0 by construction. Feeding 2D into the 3D head is
+  the lifting idea of Martinez et al., "A simple yet effective baseline for 3D human pose
+  estimation", ICCV 2017.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from stream_pose.skeleton import NUM_JOINTS, PELVIS
+
+# ImageNet channel statistics (torchvision's reference preprocessing), RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEATMAP_STRIDE = 8  # the 2D heatmaps are S/8 x S/8
+BACKBONE_STRIDE = 32  # stem /2, then four stride-2 stages
+
+
+class StudentOutput(NamedTuple):
+    """What `PoseStudent` returns.
+
+    Attributes:
+        kpts3d: `[B, J, 3]` float32 metres, pelvis-relative (`kpts3d[:, 0] == 0`), camera axes.
+        kpts2d: `[B, J, 2]` float32 crop pixels.
+    """
+
+    kpts3d: Tensor
+    kpts2d: Tensor
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al., 2016): two 3x3 convs with BatchNorm and a skip.
+
+    `[B, cin, H, W]` -> `[B, cout, H / stride, W / stride]`.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(cin, cout, stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        )
+        self.skip = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.skip(x), inplace=True)
+
+
+def soft_argmax_2d(logits: Tensor, stride: int) -> Tensor:
+    """Expected position under the softmax of per-joint heatmap logits (Sun et al., 2018).
+
+    Args:
+        logits: `[B, J, h, w]` heatmap logits, one cell per `stride` x `stride` crop pixels.
+        stride: crop pixels per heatmap cell.
+
+    Returns:
+        `[B, J, 2]` float crop pixels (x, y); cell i has its centre at `(i + 0.5) * stride - 0.5`.
+    """
+    b, j, h, w = logits.shape
+    prob = logits.flatten(2).softmax(-1).view(b, j, h, w)
+    xs = (torch.arange(w, device=logits.device, dtype=prob.dtype) + 0.5) * stride - 0.5
+    ys = (torch.arange(h, device=logits.device, dtype=prob.dtype) + 0.5) * stride - 0.5
+    x = (prob.sum(2) * xs).sum(-1)  # marginal over rows, then E[x]
+    y = (prob.sum(3) * ys).sum(-1)
+    return torch.stack([x, y], dim=-1)
+
+
+class PoseStudent(nn.Module):
+    """Small 3D pose network for square person crops.
+
+    Backbone: a stride-2 3x3 stem and four stages of `BasicBlock`s, each opening with stride 2
+    (feature strides 4, 8, 16, 32). Neck: FPN-style top-down fusion of the last three stages to
+    stride 8 for the heatmaps. ~2.2 M parameters with the defaults.
+
+    Args:
+        crop_size: S, the crop side in pixels; a multiple of 32 (the 3D head's input size
+            depends on it).
+        widths: channels of the four stages.
+        depths: basic blocks per stage.
+        neck_width: channels of the fused stride-8 map that the heatmaps are read from.
+        head_hidden: width of the 3D MLP's hidden layer.
+
+    Raises:
+        ValueError: on a crop size that is not a positive multiple of 32, or a widths/depths
+            pair that does not describe four stages.
+    """
+
+    def __init__(
+        self,
+        crop_size: int = 128,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        depths: Sequence[int] = (1, 1, 2, 2),
+        neck_width: int = 64,
+        head_hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
+        if crop_size <= 0 or crop_size % BACKBONE_STRIDE:
+            raise ValueError(f"crop_size must be a positive multiple of 32, got {crop_size}")
+        if len(widths) != 4 or len(depths) != 4 or min(depths) < 1:
+            raise ValueError(f"need 4 stage widths and depths >= 1, got {widths}, {depths}")
+        self.crop_size = int(crop_size)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        self.stem = _conv_bn_relu(3, widths[0], stride=2)
+        cins = (widths[0],) + widths[:-1]
+        self.stages = nn.ModuleList(
+            nn.Sequential(BasicBlock(cin, cout, 2), *[BasicBlock(cout, cout) for _ in range(d - 1)])
+            for cin, cout, d in zip(cins, widths, depths)
+        )
+        # Top-down neck over stages 2-4 (strides 8, 16, 32) -> stride 8.
+        self.lateral = nn.ModuleList(nn.Conv2d(w, neck_width, 1) for w in widths[1:])
+        self.fuse = _conv_bn_relu(neck_width, neck_width)
+        self.heatmap = nn.Conv2d(neck_width, NUM_JOINTS, 1)
+
+        side = crop_size // BACKBONE_STRIDE
+        self.reduce = nn.Sequential(nn.Conv2d(widths[-1], 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.head3d = nn.Sequential(
+            nn.Linear(64 * side * side + NUM_JOINTS * 2, head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(head_hidden, (NUM_JOINTS - 1) * 3),
+        )
+
+    def example_input(self, batch_size: int = 1) -> Tensor:
+        """A random crop batch `[batch_size, 3, S, S]` float32 in [0, 1] (for export and tests)."""
+        return torch.rand(batch_size, 3, self.crop_size, self.crop_size)
+
+    def _check(self, image: Tensor) -> None:
+        s = self.crop_size
+        if image.ndim != 4 or image.shape[1:] != (3, s, s):
+            raise ValueError(f"expected crops [B, 3, {s}, {s}], got {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise TypeError(f"expected float crops in [0, 1], got {image.dtype}")
+
+    def forward(self, image: Tensor) -> StudentOutput:
+        """Predict 2D and 3D joints.
+
+        Args:
+            image: `[B, 3, S, S]` float RGB in [0, 1].
+
+        Returns:
+            `StudentOutput(kpts3d [B, J, 3] metres pelvis-relative, kpts2d [B, J, 2] crop px)`.
+
+        Raises:
+            ValueError: on a shape other than `[B, 3, S, S]`; TypeError on integer images.
+        """
+        self._check(image)
+        x = self.stem((image - self.mean) / self.std)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        kpts2d = soft_argmax_2d(self.heatmap(self._neck(feats[1:])), HEATMAP_STRIDE)
+        kpts3d = self._lift(feats[-1], kpts2d)
+        return StudentOutput(kpts3d=kpts3d, kpts2d=kpts2d)
+
+    def _neck(self, feats: list[Tensor]) -> Tensor:
+        """Fuse `[B, C_i, S/8, S/8]`, `[.., S/16]`, `[.., S/32]` top-down into `[B, N, S/8, S/8]`."""
+        y = self.lateral[-1](feats[-1])
+        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            y = lateral(f) + F.interpolate(y, size=f.shape[-2:], mode="nearest")
+        return self.fuse(y)
+
+    def _lift(self, deep: Tensor, kpts2d: Tensor) -> Tensor:
+        """3D from the stride-32 map `[B, C, S/32, S/32]` and 2D `[B, J, 2]` -> `[B, J, 3]`."""
+        b = deep.shape[0]
+        uv = kpts2d / self.crop_size - 0.5  # [B, J, 2], roughly in [-0.5, 0.5]
+        z = torch.cat([F.relu(self.reduce(deep)).flatten(1), uv.flatten(1)], dim=1)
+        rest = self.head3d(z).view(b, NUM_JOINTS - 1, 3)
+        zero = rest.new_zeros(b, 1, 3)
+        # Splice an exact zero in at the pelvis index.
+        return torch.cat([rest[:, :PELVIS], zero, rest[:, PELVIS:]], dim=1)

@@ -1,0 +1,311 @@
+"""Local video files, directories and http(s) URLs as a `VideoSource`.
+
+Each video's bytes are read (or downloaded) into memory and decoded there by
+`video_sources.decode`; nothing is written to disk. Frames come out video after video, in the
+order the paths were given (directory entries sorted by name), split into train / val by video
+id so that validation never sees a training video.
+
+Bad input never stops the stream: a video that cannot be read or decoded is skipped with one
+warning and counted in `stats.videos_skipped` / `stats.skipped`, and it is not retried on later
+passes of a looped list. A video that fails part-way (truncated, corrupt) keeps the frames
+decoded before the failure, logs one warning and counts in `stats.videos_ok`, not as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import closing
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from stream_pose.types import Frame, VideoRef
+from video_sources.base import SourceStats
+from video_sources.decode import VideoDecodeError, check_decode_options, decode_video_bytes
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
+SPLITS = ("train", "val", "all")
+_DOWNLOAD_CHUNK = 1 << 20  # bytes per read of a streamed download
+
+
+class _ReadError(Exception):
+    """The bytes of one video could not be read or downloaded; the message says why."""
+
+
+class LocalSource:
+    """Frames of local video files, directories and http(s) URLs, decoded from memory.
+
+    Args:
+        paths: one or more files, directories (their mp4/mov/avi/mkv/webm files, not
+            recursive, sorted by name, extension case-insensitive) or http(s) URLs. A file named
+            explicitly is used whatever its extension. Repeats of the same path or URL are dropped.
+        split: "train", "val" or "all" (both).
+        val_videos: ids (file stems) of the validation videos; all others are train. Takes
+            precedence over `val_fraction`.
+        val_fraction: in [0, 1): fraction of videos held out for validation, chosen by a stable
+            hash (SHA-1) of the video id, so a video keeps its split when the list changes.
+            With two or more videos each split gets at least one.
+        frameskip, max_frames, max_side: per video, see `decode_video_bytes`.
+        loop: cycle over the videos forever; False iterates once.
+        max_bytes: largest file or download read into memory, in bytes.
+        timeout_s: requests timeout (connect, and each read) for URLs, in seconds.
+
+    Video ids (`VideoRef.id`) are the file stem, or the last URL path part without extension;
+    a repeated id gets "-2", "-3", ... in input order. Frames carry `K = None` (unknown).
+    `stats` count per pass: a looped video counts again each time it is streamed.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (named in the message).
+        ValueError: no video found, an empty selected split, an unknown id in `val_videos`, or
+            an invalid option.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        split: str = "train",
+        val_videos: list[str] | None = None,
+        val_fraction: float = 0.0,
+        frameskip: int = 1,
+        max_frames: int | None = None,
+        max_side: int | None = None,
+        loop: bool = False,
+        max_bytes: int = 2_000_000_000,
+        timeout_s: float = 30.0,
+    ) -> None:
+        check_decode_options(frameskip, max_frames, max_side)
+        _check_options(split, val_fraction, max_bytes, timeout_s)
+        self._videos = select_split(_list_videos(paths), split, val_videos, val_fraction)
+        self.frameskip, self.max_frames, self.max_side = frameskip, max_frames, max_side
+        self.loop, self.max_bytes, self.timeout_s = loop, max_bytes, timeout_s
+        self.stats = SourceStats()
+        self._unreadable: set[str] = set()  # uris skipped once, not retried
+        self._session: requests.Session | None = None
+
+    def video_ids(self) -> list[str]:
+        """Ids of the videos in the selected split, in streaming order (nothing is decoded)."""
+        return [video.id for video in self._videos]
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Frames (`[H, W, 3]` uint8 RGB) video after video; forever when `loop`.
+
+        Raises:
+            RuntimeError: when `loop` is set and a whole pass yields no frame (every video is
+                unreadable), instead of spinning forever.
+        """
+        while True:
+            frames_before_pass = self.stats.frames
+            for video in self._videos:
+                if video.uri not in self._unreadable:
+                    # yield from: closing this iterator early also closes the video's decoder.
+                    yield from self._video_frames(video)
+            if not self.loop:
+                return
+            if self.stats.frames == frames_before_pass:
+                uris = ", ".join(video.uri for video in self._videos)
+                raise RuntimeError(f"no readable video in {uris}")
+
+    def close(self) -> None:
+        """Close the HTTP session; the source can still be iterated (a new one opens)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _video_frames(self, video: VideoRef) -> Iterator[Frame]:
+        """Frames of one video; a failure is logged once and ends this video only."""
+        try:
+            data = self._read(video)
+        except _ReadError as exc:
+            self._skip(video, str(exc))
+            return
+        decoded = decode_video_bytes(
+            data, frameskip=self.frameskip, max_frames=self.max_frames, max_side=self.max_side
+        )
+        count = 0
+        try:
+            with closing(decoded):  # closes the container if the consumer stops early
+                for index, time_s, image in decoded:
+                    count += 1
+                    self.stats.frames += 1
+                    if count == 1:
+                        self.stats.videos_ok += 1
+                    yield Frame(image=image, index=index, time_s=time_s, video=video, K=None)
+        except VideoDecodeError as exc:
+            if count == 0:
+                self._skip(video, str(exc))
+            else:
+                logger.warning("video %s cut short, keeping %d frames: %s", video.uri, count, exc)
+
+    def _skip(self, video: VideoRef, reason: str) -> None:
+        logger.warning("skipping video %s: %s", video.uri, reason)
+        self.stats.videos_skipped += 1
+        self.stats.skipped.append((video.uri, reason))
+        self._unreadable.add(video.uri)
+
+    def _read(self, video: VideoRef) -> bytes:
+        """All bytes of the video, from disk or the network, into memory."""
+        if video.kind == "url":
+            return self._download(video.uri)
+        try:
+            size = os.path.getsize(video.uri)
+            if size > self.max_bytes:
+                raise _ReadError(f"file is {size} bytes, over max_bytes={self.max_bytes}")
+            return Path(video.uri).read_bytes()
+        except OSError as exc:
+            raise _ReadError(f"cannot read file: {exc.strerror or exc}") from exc
+
+    def _download(self, url: str) -> bytes:
+        """The body of a GET, streamed and capped at `max_bytes`.
+
+        Error messages leave the URL out (the caller logs it once): a requests message would
+        repeat it, with any query string.
+        """
+        if self._session is None:
+            self._session = requests.Session()
+        try:
+            with self._session.get(url, stream=True, timeout=self.timeout_s) as response:
+                response.raise_for_status()
+                return self._read_body(response)
+        except requests.HTTPError as exc:
+            raise _ReadError(f"HTTP {exc.response.status_code}") from exc
+        except requests.Timeout as exc:
+            raise _ReadError(f"timed out after {self.timeout_s} s") from exc
+        except requests.RequestException as exc:
+            raise _ReadError(f"download failed ({type(exc).__name__})") from exc
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise _ReadError(f"Content-Length {declared} is over max_bytes={self.max_bytes}")
+        chunks, total = [], 0
+        for chunk in response.iter_content(_DOWNLOAD_CHUNK):
+            total += len(chunk)
+            if total > self.max_bytes:  # no or wrong Content-Length: stop reading
+                raise _ReadError(f"body is over max_bytes={self.max_bytes}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _check_options(split: str, val_fraction: float, max_bytes: int, timeout_s: float) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be > 0, got {max_bytes!r}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+
+
+def _list_videos(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[VideoRef]:
+    """One `VideoRef` per distinct video, in input order, with unique ids.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: no video at all.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    uris: dict[tuple[str, str], None] = {}  # (uri, kind), ordered and deduplicated
+    for path in paths:
+        for uri_kind in _expand(os.fspath(path)):
+            uris.setdefault(uri_kind, None)
+    if not uris:
+        raise ValueError(f"no video found in {[os.fspath(p) for p in paths]}")
+    return _assign_ids(list(uris))
+
+
+def _expand(path: str) -> list[tuple[str, str]]:
+    """`(uri, kind)` of the videos a path or URL names: itself, or a directory's videos."""
+    if urlparse(path).scheme.lower() in ("http", "https"):
+        return [(path, "url")]
+    # abspath, not resolve(): a symlink keeps its own name, which becomes the video id.
+    resolved = Path(os.path.abspath(os.path.expanduser(path)))
+    if resolved.is_dir():
+        found = sorted(
+            p for p in resolved.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+        )
+        if not found:
+            logger.warning("no %s file in directory %s", "/".join(sorted(VIDEO_EXTENSIONS)), path)
+        return [(str(p), "local") for p in found]
+    if resolved.is_file():
+        return [(str(resolved), "local")]
+    raise FileNotFoundError(f"video path does not exist: {path}")
+
+
+def _assign_ids(uris: list[tuple[str, str]]) -> list[VideoRef]:
+    """VideoRefs with ids from names; a repeated name gets "-2", "-3", ... in input order."""
+    refs, used = [], set()
+    for uri, kind in uris:
+        base = _base_id(uri, kind)
+        video_id, n = base, 1
+        while video_id in used:
+            n += 1
+            video_id = f"{base}-{n}"
+        used.add(video_id)
+        refs.append(VideoRef(id=video_id, kind=kind, uri=uri))
+    return refs
+
+
+def _base_id(uri: str, kind: str) -> str:
+    """File stem, or the last URL path part without extension (the host if the path is empty)."""
+    if kind == "url":
+        parsed = urlparse(uri)
+        return PurePosixPath(unquote(parsed.path)).stem or parsed.netloc
+    return Path(uri).stem
+
+
+def select_split(
+    videos: list[VideoRef], split: str, val_videos: list[str] | None, val_fraction: float
+) -> list[VideoRef]:
+    """The videos of one split, in input order; the split is by video id, never by frame.
+
+    Val is `val_videos` when given, else the ids whose stable hash falls under `val_fraction`
+    (at least one video in each split when there are two or more), else empty.
+
+    Raises:
+        ValueError: an id in `val_videos` that is not among the videos, or an empty result.
+    """
+    ids = [video.id for video in videos]
+    if isinstance(val_videos, str):  # one id, not a sequence of characters
+        val_videos = [val_videos]
+    if val_videos is not None:
+        unknown = sorted(set(val_videos) - set(ids))
+        if unknown:
+            raise ValueError(f"val_videos not found: {unknown}; video ids are {ids}")
+        val = set(val_videos)
+    else:
+        val = _hash_val_ids(ids, val_fraction)
+    chosen = [v for v in videos if split == "all" or (v.id in val) == (split == "val")]
+    if not chosen:
+        raise ValueError(
+            f"split {split!r} has no video (ids {ids}); set val_videos or val_fraction"
+        )
+    return chosen
+
+
+def _hash_val_ids(ids: list[str], fraction: float) -> set[str]:
+    """Ids whose SHA-1 position in [0, 1) is below `fraction`, with both splits non-empty."""
+    if fraction <= 0 or not ids:
+        return set()
+    ranked = sorted(ids, key=_unit_hash)
+    val = {i for i in ranked if _unit_hash(i) < fraction}
+    if len(ids) >= 2 and not val:
+        val = {ranked[0]}
+    if len(ids) >= 2 and len(val) == len(ids):
+        val.discard(ranked[-1])
+    return val
+
+
+def _unit_hash(video_id: str) -> float:
+    """Stable position of an id in [0, 1): SHA-1, unlike hash(), is the same in every process."""
+    return int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16) / 16**12
