@@ -96,9 +96,10 @@ def _sample_report(buffer: RingBuffer) -> dict | None:
     if len(buffer) == 0:
         return None
     one = buffer.sample(1, rng=np.random.default_rng(0))
+    fields = ("image", "kpts2d", "kpts3d", "visibility", "K_crop")
     return {
-        "shapes": {k: list(v.shape[1:]) for k, v in one.items()},
-        "dtypes": {k: str(v.dtype) for k, v in one.items()},
+        "shapes": {k: list(one[k].shape[1:]) for k in fields},
+        "dtypes": {k: str(one[k].dtype) for k in fields},
         "pelvis": [round(float(x), 6) for x in one["kpts3d"][0, 0]],
         "video_id": buffer.video_id(int(one["video_key"][0])),
     }

@@ -1,0 +1,127 @@
+"""Every Hydra config group option composes and instantiates (STYLE.md, item 11)."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from train.train import CONF_DIR, REPO_ROOT, make_loggers
+
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+
+
+def _compose(tmp_path, *overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert _options("source") == ["local", "synthetic"]
+    assert _options("labeler") == ["mediapipe", "oracle"]
+    assert _options("logger") == ["csv", "none", "wandb"]
+    assert _options("trainer") == ["cpu", "default"]
+    assert {"demo", "mediapipe_local"} <= set(_options("experiment"))
+
+
+def test_plain_config_is_the_demo(tmp_path):
+    plain, demo = _compose(tmp_path), _compose(tmp_path, "experiment=demo")
+    assert OmegaConf.to_container(plain) == OmegaConf.to_container(demo)
+    assert plain.source._target_.endswith("SyntheticSource")
+    assert plain.labeler._target_.endswith("OracleTeacher")
+    assert plain.model.net.crop_size == plain.buffer.crop_size == 128
+
+
+def test_training_is_counted_in_steps(tmp_path):
+    for option in _options("trainer"):
+        t = _compose(tmp_path, f"trainer={option}").trainer
+        assert isinstance(t.val_check_interval, int) and t.check_val_every_n_epoch is None
+        assert t.max_steps % t.val_check_interval == 0  # the last step is validated
+        assert t.num_sanity_val_steps == 0
+
+
+def test_synthetic_source_gives_split_videos(tmp_path):
+    factory = instantiate(_compose(tmp_path).source)
+    frame = next(iter(factory(split="val", loop=False)))
+    assert frame.video.id.startswith("synth-val-") and frame.truth
+
+
+@pytest.mark.skipif(not VIDEOS.is_dir(), reason="../shared/videos is not beside the repo")
+def test_local_source_paths_resolve_from_the_repo_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a different working directory must not matter
+    cfg = _compose(tmp_path, "experiment=mediapipe_local")
+    assert Path(cfg.source.paths[0]).resolve() == (REPO_ROOT.parent / "shared" / "videos").resolve()
+    factory = instantiate(cfg.source)
+    val, train = factory(split="val", loop=False), factory(split="train")
+    assert val.video_ids() == ["basketball_single"]
+    assert "basketball_single" not in train.video_ids() and len(train.video_ids()) >= 3
+
+
+def test_oracle_labeler(tmp_path):
+    teacher = instantiate(_compose(tmp_path).labeler)()
+    assert teacher.name == "oracle"
+
+
+def test_mediapipe_labeler(tmp_path):
+    pytest.importorskip("mediapipe")
+    teacher = instantiate(_compose(tmp_path, "labeler=mediapipe").labeler)()
+    try:
+        assert teacher.name == "mediapipe"
+    finally:
+        teacher.close()
+
+
+def test_buffer_builds_the_datamodule_without_starting_it(tmp_path):
+    cfg = _compose(tmp_path, "buffer.capacity=64", "buffer.min_samples=8")
+    dm = instantiate(cfg.buffer, source=instantiate(cfg.source), teacher=instantiate(cfg.labeler))
+    assert isinstance(dm, L.LightningDataModule)
+    assert (dm.crop_size, dm.batch_size, dm.capacity) == (128, cfg.buffer.batch_size, 64)
+    assert dm.buffer is None  # no producer thread until setup("fit")
+
+
+def test_model_builds_and_predicts(tmp_path):
+    cfg = _compose(tmp_path, "buffer.crop_size=64")
+    module = instantiate(cfg.model)
+    assert module.net.crop_size == 64 and module.augment is not None
+    out = module(module.net.example_input(2))
+    assert out.kpts3d.shape == (2, 27, 3)
+    optim = module.configure_optimizers()
+    assert isinstance(optim["optimizer"], torch.optim.AdamW)
+    assert optim["lr_scheduler"]["scheduler"].total_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("option", ["default", "cpu"])
+def test_trainer(tmp_path, option):
+    cfg = _compose(tmp_path, f"trainer={option}")
+    trainer = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)
+    assert isinstance(trainer, L.Trainer) and trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_csv_logger_writes_into_the_run_folder(tmp_path):
+    (lg,) = make_loggers(_compose(tmp_path, "logger=csv").logger)
+    assert Path(lg.log_dir).resolve().is_relative_to(tmp_path.resolve())
+
+
+def test_no_logger(tmp_path):
+    assert make_loggers(_compose(tmp_path, "logger=none").logger) == []
+
+
+@pytest.mark.parametrize("key, offline", [(None, True), ("not-a-real-key", False)])
+def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # never contact a server from tests
+    monkeypatch.setattr("train.loggers.load_dotenv", lambda **kw: False)  # ignore a local .env
+    if key is None:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    cfg = _compose(tmp_path, "logger=wandb")
+    (lg,) = make_loggers(cfg.logger)
+    assert lg._offline is offline
+    assert "WANDB_API_KEY" not in OmegaConf.to_yaml(cfg) and "not-a-real-key" not in OmegaConf.to_yaml(cfg)
