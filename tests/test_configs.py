@@ -124,4 +124,5 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline
     cfg = _compose(tmp_path, "logger=wandb")
     (lg,) = make_loggers(cfg.logger)
     assert lg._offline is offline
-    assert "WANDB_API_KEY" not in OmegaConf.to_yaml(cfg) and "not-a-real-key" not in OmegaConf.to_yaml(cfg)
+    text = OmegaConf.to_yaml(cfg)
+    assert "WANDB_API_KEY" not in text and "not-a-real-key" not in text

@@ -1,12 +1,15 @@
-"""The LightningModule: batch conversion, loss masking, learning, validation metrics, checkpoints."""
+"""The LightningModule (batches, loss masking, learning, val metrics, checkpoints) and callbacks."""
 
 import functools
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from data.ring_buffer import BufferStats
+from train.callbacks import CheckpointOnException, stream_telemetry
 from train.module import PoseDistillModule, masked_l1
 from train.student import PoseStudent
 
@@ -14,7 +17,7 @@ S = 64
 
 
 def _net():
-    return PoseStudent(S, widths=(8, 16, 16, 32), depths=(1, 1, 1, 1), neck_width=16, head_hidden=64)
+    return PoseStudent(S, widths=(8, 16, 16, 32), neck_width=16, head_hidden=64)
 
 
 def _module(**kw):
@@ -91,6 +94,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_mean_pose_baseline_sees_targets_before_augmentation():
     class ShiftLabels(torch.nn.Module):  # stands in for an augmentation that moves targets
         def forward(self, batch):
@@ -150,3 +154,32 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     torch.testing.assert_close(restored.mean_pose.mean(), module.mean_pose.mean())
     x = torch.rand(2, 3, S, S)
     torch.testing.assert_close(restored.eval()(x).kpts3d, module.eval()(x).kpts3d)
+
+
+class _Failing(PoseDistillModule):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_crash_leaves_a_checkpoint(tmp_path):
+    module = _Failing(_net(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    saver = CheckpointOnException(tmp_path / "checkpoints")
+    trainer = _trainer(tmp_path, max_steps=10, callbacks=[saver])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(module, train_dataloaders=DataLoader(_Batches(10), batch_size=None))
+    ckpt = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["optimizer_states"]
+
+
+def test_stream_telemetry_reads_buffer_and_producer_counters():
+    stats = BufferStats(capacity=10, fill=0.5, size=5, pushed=5, overwritten=0, samples_read=20,
+                        reads_per_sample=4.0)
+    dm = SimpleNamespace(
+        buffer=SimpleNamespace(stats=lambda: stats),
+        producer_stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5)),
+    )
+    assert stream_telemetry(dm) == {"buffer/fill": 0.5, "buffer/reads_per_sample": 4.0,
+                                    "buffer/pushed": 5.0, "producer/teacher_fps": 12.5}
+    assert stream_telemetry(SimpleNamespace(buffer=None, producer_stats=None)) == {}

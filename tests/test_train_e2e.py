@@ -50,7 +50,8 @@ def test_summary_reports_a_finished_run(demo_run):
     assert summary["val_videos"] >= 1 and summary["train_videos"] >= 1
     for key in ("val/mpjpe_mm", "best_val_mpjpe_mm", "val/pa_mpjpe_mm", "val/mean_pose_mpjpe_mm",
                 "mpjpe_vs_mean_pose", "reads_per_sample", "teacher_fps"):
-        assert isinstance(summary[key], float) and math.isfinite(summary[key]) and summary[key] > 0, key
+        value = summary[key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, key
     assert summary["best_val_mpjpe_mm"] <= summary["val/mpjpe_mm"]
     assert summary["val/pa_mpjpe_mm"] <= summary["val/mpjpe_mm"]
 

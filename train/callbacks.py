@@ -1,4 +1,4 @@
-"""Training callbacks: ring-buffer telemetry, and a checkpoint when training dies or is interrupted."""
+"""Training callbacks: ring-buffer telemetry, and a checkpoint when training dies or is stopped."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ class BufferTelemetry(L.Callback):
     def __init__(self, log_every_n_steps: int | None = None) -> None:
         self.log_every_n_steps = log_every_n_steps
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         every = self.log_every_n_steps or trainer.log_every_n_steps
         step = trainer.global_step
         if step % max(every, 1) or not trainer.loggers or not trainer.is_global_zero:
@@ -80,7 +82,7 @@ class CheckpointOnException(L.Callback):
             return  # nothing learnt yet
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
             self.saved = self.path
             logger.warning("%s at step %d: saved %s", type(exception).__name__,
                            trainer.global_step, self.path)

@@ -17,7 +17,7 @@ def _check(pred: Tensor, gt: Tensor, vis: Tensor) -> None:
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
         raise ValueError(f"need pred and gt [B, J, 3], got {tuple(pred.shape)}, {tuple(gt.shape)}")
     if vis.shape != pred.shape[:2]:
-        raise ValueError(f"need visibility [B, J] = {tuple(pred.shape[:2])}, got {tuple(vis.shape)}")
+        raise ValueError(f"need visibility [B, J] = {tuple(pred.shape[:2])}, got {vis.shape}")
 
 
 def _reduce(err: Tensor, vis: Tensor, reduction: str) -> Tensor:
@@ -113,7 +113,8 @@ class MeanPoseBaseline(nn.Module):
         Raises:
             ValueError: on shapes other than `[B, J, 3]` and `[B, J]` with this J.
         """
-        if kpts3d.ndim != 3 or kpts3d.shape[1:] != self.total.shape or vis.shape != kpts3d.shape[:2]:
+        shape_ok = kpts3d.ndim == 3 and kpts3d.shape[1:] == self.total.shape
+        if not shape_ok or vis.shape != kpts3d.shape[:2]:
             raise ValueError(
                 f"need kpts3d [B, {len(self.count)}, 3] and vis [B, {len(self.count)}], "
                 f"got {tuple(kpts3d.shape)}, {tuple(vis.shape)}"

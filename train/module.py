@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from train.metrics import MeanPoseBaseline, mpjpe, pa_mpjpe
-from train.student import PoseStudent
+from train.student import PoseStudent, StudentOutput
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ class PoseDistillModule(L.LightningModule):
         self.net, self.augment = net, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mean_pose = MeanPoseBaseline()
-        self.val_mpjpe, self.val_pa_mpjpe, self.val_mean_pose = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_mpjpe, self.val_pa_mpjpe, self.val_mean_pose = (MeanMetric() for _ in range(3))
 
-    def forward(self, image: Tensor) -> Any:
-        """`[B, 3, S, S]` float in [0, 1] -> `StudentOutput` (see `train.student`)."""
+    def forward(self, image: Tensor) -> StudentOutput:
+        """`[B, 3, S, S]` floats in [0, 1] -> `StudentOutput` (`[B, J, 3]` m, `[B, J, 2]` px)."""
         return self.net(image)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
@@ -99,7 +99,8 @@ class PoseDistillModule(L.LightningModule):
         out = self.net(batch["image"])
         vis = batch["visibility"]
         loss_3d = masked_l1(out.kpts3d, batch["kpts3d"], vis)
-        loss_2d = masked_l1(out.kpts2d / self.net.crop_size, batch["kpts2d"] / self.net.crop_size, vis)
+        size = self.net.crop_size
+        loss_2d = masked_l1(out.kpts2d / size, batch["kpts2d"] / size, vis)
         loss = self.hparams.loss_3d_weight * loss_3d + self.hparams.loss_2d_weight * loss_2d
         with torch.no_grad():
             err = mpjpe(out.kpts3d, batch["kpts3d"], vis)
@@ -154,4 +155,7 @@ class PoseDistillModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

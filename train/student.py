@@ -98,7 +98,7 @@ class PoseStudent(nn.Module):
 
     Backbone: a stride-2 3x3 stem and four stages of `BasicBlock`s, each opening with stride 2
     (feature strides 4, 8, 16, 32). Neck: FPN-style top-down fusion of the last three stages to
-    stride 8 for the heatmaps. ~2.2 M parameters with the defaults.
+    stride 8 for the heatmaps. ~1.0 M parameters with the defaults (0.6 M in the 3D head).
 
     Args:
         crop_size: S, the crop side in pixels; a multiple of 32 (the 3D head's input size
@@ -116,8 +116,8 @@ class PoseStudent(nn.Module):
     def __init__(
         self,
         crop_size: int = 128,
-        widths: Sequence[int] = (32, 64, 128, 256),
-        depths: Sequence[int] = (1, 1, 2, 2),
+        widths: Sequence[int] = (16, 32, 64, 128),
+        depths: Sequence[int] = (1, 1, 1, 1),
         neck_width: int = 64,
         head_hidden: int = 512,
     ) -> None:
@@ -184,7 +184,7 @@ class PoseStudent(nn.Module):
         return StudentOutput(kpts3d=kpts3d, kpts2d=kpts2d)
 
     def _neck(self, feats: list[Tensor]) -> Tensor:
-        """Fuse `[B, C_i, S/8, S/8]`, `[.., S/16]`, `[.., S/32]` top-down into `[B, N, S/8, S/8]`."""
+        """Fuse the `[B, C_i, S/s, S/s]` maps, s = 8, 16, 32, top-down into `[B, N, S/8, S/8]`."""
         y = self.lateral[-1](feats[-1])
         for lateral, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
             y = lateral(f) + F.interpolate(y, size=f.shape[-2:], mode="nearest")
