@@ -44,6 +44,8 @@ class StreamDataModule(L.LightningDataModule):
         min_samples: samples the buffer must hold before training starts.
         start_timeout_s: seconds to wait for `min_samples` before giving up.
         val_max_samples: the validation set holds at most this many samples.
+        reads_per_overwrite: the producer pauses while the trainer has read fewer samples than
+            this per overwritten one (a teacher faster than training); None: never pause.
         seed: seeds the training batch sampler.
 
     Raises:
@@ -61,6 +63,7 @@ class StreamDataModule(L.LightningDataModule):
         min_samples: int = 512,
         start_timeout_s: float = 300.0,
         val_max_samples: int = 512,
+        reads_per_overwrite: float | None = 1.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -72,6 +75,7 @@ class StreamDataModule(L.LightningDataModule):
         self.capacity, self.crop_size, self.batch_size = capacity, crop_size, batch_size
         self.min_samples, self.start_timeout_s = min_samples, start_timeout_s
         self.val_max_samples, self.seed = val_max_samples, seed
+        self.reads_per_overwrite = reads_per_overwrite
         self._buffer: RingBuffer | None = None
         self._producer: Producer | None = None
         self._train_dataset: BufferDataset | None = None
@@ -182,7 +186,7 @@ class StreamDataModule(L.LightningDataModule):
         self._buffer = RingBuffer(self.capacity, self.crop_size, seed=self.seed)
         self._producer = Producer(
             self._source_factory(split="train"), self._teacher_factory,
-            self._buffer, self.crop_size,
+            self._buffer, self.crop_size, reads_per_overwrite=self.reads_per_overwrite,
         )
         self._producer.start()
         try:

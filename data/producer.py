@@ -41,7 +41,8 @@ class LabelStats:
         errors: frames on which `teacher.label` raised.
         teacher_s: seconds inside `teacher.label`.
         crop_s: seconds cropping and pushing.
-        wall_s: seconds of the whole loop, source decoding included.
+        wall_s: seconds of the whole loop, source decoding included, pauses excluded.
+        paused_s: seconds the producer waited for the trainer to read (see `reads_per_overwrite`).
     """
 
     frames: int = 0
@@ -54,6 +55,7 @@ class LabelStats:
     teacher_s: float = 0.0
     crop_s: float = 0.0
     wall_s: float = 0.0
+    paused_s: float = 0.0
 
     @property
     def mean_visible_joints(self) -> float:
@@ -126,6 +128,7 @@ def label_stream(
     stop: threading.Event | None = None,
     stats: ProducerStats | None = None,
     max_samples: int | None = None,
+    reads_per_overwrite: float | None = None,
 ) -> ProducerStats:
     """Label every frame of `source` with `teacher` and push one crop per person into `buffer`.
 
@@ -141,6 +144,9 @@ def label_stream(
         stop: when set, the loop returns after the current frame.
         stats: counters to add to (a `Producer` passes its live ones); default: new ones.
         max_samples: return once this call has pushed at least this many samples.
+        reads_per_overwrite: once the buffer is full, wait after each frame until the trainer
+            has read this many samples per overwritten one (`RingBuffer.wait_for_reads`);
+            None never waits (a dry run has no reader).
 
     Returns:
         The counters, with `source_stats` taken from the source.
@@ -171,6 +177,9 @@ def label_stream(
         tick = now
         if max_samples is not None and stats.total.samples_pushed - pushed_before >= max_samples:
             break
+        if reads_per_overwrite is not None:
+            stats.total.paused_s += buffer.wait_for_reads(reads_per_overwrite, stop)
+            tick = time.perf_counter()
     _end_video(video)
     return stats
 
@@ -286,6 +295,7 @@ class Producer:
         teacher_factory: makes the teacher, e.g. a Hydra `_partial_` of a teacher class.
         buffer: where the crops go.
         crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        reads_per_overwrite: pacing against the trainer (see `label_stream`); None: never wait.
 
     Raises:
         ValueError: if `crop_size` differs from the buffer's.
@@ -297,11 +307,13 @@ class Producer:
         teacher_factory: Callable[[], Teacher],
         buffer: RingBuffer,
         crop_size: int,
+        reads_per_overwrite: float | None = None,
     ):
         if crop_size != buffer.crop_size:
             raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
         self._source, self._teacher_factory = source, teacher_factory
         self._buffer, self._crop_size = buffer, crop_size
+        self._reads_per_overwrite = reads_per_overwrite
         self._stop = threading.Event()
         self._stats = ProducerStats()
         self._error: BaseException | None = None
@@ -366,7 +378,7 @@ class Producer:
             teacher = self._teacher_factory()
             label_stream(
                 self._source, teacher, self._buffer, self._crop_size,
-                stop=self._stop, stats=self._stats,
+                stop=self._stop, stats=self._stats, reads_per_overwrite=self._reads_per_overwrite,
             )
             logger.info("producer finished: %d frames, %d samples",
                         self._stats.total.frames, self._stats.total.samples_pushed)

@@ -188,7 +188,28 @@ class RingBuffer:
             idx = (rng or self._rng).integers(0, self._size, size=batch_size)
             out = {name: arr[idx] for name, arr in self._data.items()}  # fancy index: a copy
             self._samples_read += batch_size
+            self._filled.notify_all()  # wakes a producer pacing itself in `wait_for_reads`
         return out
+
+    def wait_for_reads(
+        self, reads_per_overwrite: float, stop: threading.Event | None = None, poll_s: float = 0.1
+    ) -> float:
+        """Block a producer until its next push would not outrun the trainer; seconds waited.
+
+        Once the buffer is full, every push overwrites a sample. This waits until the trainer has
+        read at least `reads_per_overwrite` samples per sample overwritten so far (counting the
+        next one), so a teacher faster than training (the synthetic oracle) does not burn a core
+        labelling samples nobody reads. A slow teacher never waits. Returns early when `stop` is set.
+        """
+        start = time.perf_counter()
+        with self._filled:
+            while (
+                self._size == self.capacity
+                and (self._overwritten + 1) * reads_per_overwrite > self._samples_read
+                and not (stop is not None and stop.is_set())
+            ):
+                self._filled.wait(poll_s)
+        return time.perf_counter() - start
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Copies of all filled slots, oldest first, each field `[size, ...]` (e.g. a val set)."""

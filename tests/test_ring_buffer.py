@@ -211,3 +211,27 @@ def test_video_key_is_stable_across_processes():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert int(out.stdout) == video_key("pexels-123")
+
+
+def test_wait_for_reads_paces_a_full_buffer_against_the_reader():
+    buf = RingBuffer(4, crop_size=8, seed=0)
+    for i in range(4):
+        buf.push(_sample(i, size=8))
+    stop = threading.Event()
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(buf.wait_for_reads(1.0, stop, 0.01)))
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive(), "a full buffer with no reads must make the producer wait"
+    buf.sample(1)  # one read pays for one overwrite
+    t.join(2.0)
+    assert not t.is_alive() and waited[0] >= 0.2
+    buf.push(_sample(5, size=8))  # overwritten = 1, reads = 1: the next push must wait again
+    stop.set()
+    assert buf.wait_for_reads(1.0, stop) < 0.5  # stop releases it at once
+
+
+def test_wait_for_reads_never_blocks_before_the_buffer_is_full():
+    buf = RingBuffer(4, crop_size=8)
+    buf.push(_sample(0, size=8))
+    assert buf.wait_for_reads(1.0, poll_s=0.01) < 0.05
