@@ -126,3 +126,16 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline
     assert lg._offline is offline
     text = OmegaConf.to_yaml(cfg)
     assert "WANDB_API_KEY" not in text and "not-a-real-key" not in text
+
+
+@pytest.mark.parametrize("steps", [1, 3, 20, 1500])
+def test_lr_schedule_builds_and_steps_for_any_run_length(tmp_path, steps):
+    # OneCycleLR divides by zero when its warm-up is under 2 steps; the config guards it.
+    cfg = _compose(tmp_path, "buffer.crop_size=64", f"trainer.max_steps={steps}")
+    module = instantiate(cfg.model)
+    opt_cfg = module.configure_optimizers()
+    scheduler = opt_cfg["lr_scheduler"]["scheduler"]
+    for _ in range(steps):
+        opt_cfg["optimizer"].step()
+        scheduler.step()
+    assert all(g["lr"] >= 0 for g in opt_cfg["optimizer"].param_groups)

@@ -38,6 +38,12 @@ MONITOR = "val/mpjpe_mm"
 
 # `${repo_root:}` in the configs: paths there mean the same from any working directory.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+# `${warmup_pct:${trainer.max_steps},0.05}`: OneCycleLR divides by (pct_start * total_steps - 1),
+# which is 0 for short runs (torch.optim.lr_scheduler.OneCycleLR); keep at least 2 warm-up steps.
+OmegaConf.register_new_resolver(
+    "warmup_pct", lambda steps, pct: min(0.5, max(float(pct), 2.0 / max(int(steps), 4))),
+    replace=True,
+)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
