@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from contextlib import closing
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 from urllib.parse import unquote, urlparse
@@ -25,13 +24,14 @@ import requests
 
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
-from video_sources.decode import VideoDecodeError, check_decode_options, decode_video_bytes
+from video_sources.decode import VideoDecodeError, check_decode_options
+from video_sources.frames import frames_from_bytes
+from video_sources.http import DownloadError, download_bytes
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 SPLITS = ("train", "val", "all")
-_DOWNLOAD_CHUNK = 1 << 20  # bytes per read of a streamed download
 
 
 class _ReadError(Exception):
@@ -127,23 +127,11 @@ class LocalSource:
         except _ReadError as exc:
             self._skip(video, str(exc))
             return
-        decoded = decode_video_bytes(
-            data, frameskip=self.frameskip, max_frames=self.max_frames, max_side=self.max_side
-        )
-        count = 0
         try:
-            with closing(decoded):  # closes the container if the consumer stops early
-                for index, time_s, image in decoded:
-                    count += 1
-                    self.stats.frames += 1
-                    if count == 1:
-                        self.stats.videos_ok += 1
-                    yield Frame(image=image, index=index, time_s=time_s, video=video, K=None)
+            yield from frames_from_bytes(data, video, self.stats, frameskip=self.frameskip,
+                                         max_frames=self.max_frames, max_side=self.max_side)
         except VideoDecodeError as exc:
-            if count == 0:
-                self._skip(video, str(exc))
-            else:
-                logger.warning("video %s cut short, keeping %d frames: %s", video.uri, count, exc)
+            self._skip(video, str(exc))
 
     def _skip(self, video: VideoRef, reason: str) -> None:
         logger.warning("skipping video %s: %s", video.uri, reason)
@@ -164,35 +152,15 @@ class LocalSource:
             raise _ReadError(f"cannot read file: {exc.strerror or exc}") from exc
 
     def _download(self, url: str) -> bytes:
-        """The body of a GET, streamed and capped at `max_bytes`.
-
-        Error messages leave the URL out (the caller logs it once): a requests message would
-        repeat it, with any query string.
-        """
+        """The body of a GET, streamed into memory and capped at `max_bytes`."""
         if self._session is None:
             self._session = requests.Session()
         try:
-            with self._session.get(url, stream=True, timeout=self.timeout_s) as response:
-                response.raise_for_status()
-                return self._read_body(response)
-        except requests.HTTPError as exc:
-            raise _ReadError(f"HTTP {exc.response.status_code}") from exc
-        except requests.Timeout as exc:
-            raise _ReadError(f"timed out after {self.timeout_s} s") from exc
-        except requests.RequestException as exc:
-            raise _ReadError(f"download failed ({type(exc).__name__})") from exc
-
-    def _read_body(self, response: requests.Response) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise _ReadError(f"Content-Length {declared} is over max_bytes={self.max_bytes}")
-        chunks, total = [], 0
-        for chunk in response.iter_content(_DOWNLOAD_CHUNK):
-            total += len(chunk)
-            if total > self.max_bytes:  # no or wrong Content-Length: stop reading
-                raise _ReadError(f"body is over max_bytes={self.max_bytes}")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            return download_bytes(
+                self._session, url, max_bytes=self.max_bytes, timeout_s=self.timeout_s
+            )
+        except DownloadError as exc:
+            raise _ReadError(str(exc)) from exc
 
 
 def _check_options(split: str, val_fraction: float, max_bytes: int, timeout_s: float) -> None:
@@ -298,12 +266,21 @@ def _hash_val_ids(ids: list[str], fraction: float) -> set[str]:
     if fraction <= 0 or not ids:
         return set()
     ranked = sorted(ids, key=_unit_hash)
-    val = {i for i in ranked if _unit_hash(i) < fraction}
+    val = {i for i in ranked if is_val_id(i, fraction)}
     if len(ids) >= 2 and not val:
         val = {ranked[0]}
     if len(ids) >= 2 and len(val) == len(ids):
         val.discard(ranked[-1])
     return val
+
+
+def is_val_id(video_id: str, val_fraction: float) -> bool:
+    """Whether a video belongs to validation when ids arrive one by one (a stream).
+
+    The same stable hash as `select_split`, without its at-least-one-per-split rule, which
+    needs the whole list: a given id is in val iff its hash position is below `val_fraction`.
+    """
+    return _unit_hash(video_id) < val_fraction
 
 
 def _unit_hash(video_id: str) -> float:
