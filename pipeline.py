@@ -1,11 +1,13 @@
 """stream-pose labelling tool: stream video through a teacher into the in-memory ring buffer.
 
     python pipeline.py --dry-run --video clip.mp4 [more.mp4 dir/ https://...] [--json]
-    python pipeline.py --fetch --queries "sports athlete" --n 5 --loop     (Pexels: coming next)
+    python pipeline.py --fetch --queries "sports athlete" "yoga pose" --n 5 [--loop]
 
-A dry run labels local videos (files, directories, http(s) URLs) with the same source, teacher,
-crop and buffer code that training uses, and prints what the teacher found. Nothing is written to
-disk. Training itself runs from `python -m train.train` (Hydra).
+A dry run labels local videos (files, directories, http(s) URLs); a fetch streams Pexels videos
+into memory (key from PEXELS_API_KEY or .env). Both use the same source, teacher, crop and buffer
+code that training uses and print what the teacher found. No video, frame or crop is written to
+disk; a fetch keeps only its manifest (metadata and credits) in `--run-dir`, so a restart does
+not fetch a video twice. Training runs from `python -m train.train` (Hydra).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import argparse
 import json
 import logging
 import sys
-from typing import Iterator, Sequence
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +28,7 @@ from data.producer import LabelStats, ProducerStats, label_stream
 from data.ring_buffer import RingBuffer
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from stream_pose.types import Frame
+from video_sources.base import VideoSource
 from video_sources.local import LocalSource
 
 logger = logging.getLogger("stream_pose.pipeline")
@@ -41,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="label local videos and report")
-    mode.add_argument("--fetch", action="store_true", help="stream from Pexels (not yet built)")
+    mode.add_argument("--fetch", action="store_true",
+                      help="stream Pexels videos (key: PEXELS_API_KEY in the environment or .env)")
     p.add_argument("--video", nargs="+", metavar="PATH", help="files, directories or URLs")
     p.add_argument("--labeler", default="mediapipe", choices=sorted(TEACHERS),
                    help="teacher model (default: %(default)s)")
@@ -53,28 +60,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=4096, help="ring buffer slots")
     p.add_argument("--json", action="store_true",
                    help="print the report as one JSON object on the last line of stdout")
-    p.add_argument("--loop", action="store_true", help="with --fetch: keep fetching (Pexels)")
-    p.add_argument("--queries", nargs="+", help="with --fetch: Pexels search queries")
-    p.add_argument("--n", type=int, default=5, help="with --fetch: videos per query")
+    p.add_argument("--loop", action="store_true",
+                   help="with --fetch: keep fetching page after page until Ctrl-C")
+    p.add_argument("--queries", nargs="+", default=[],
+                   help="with --fetch: Pexels search queries (none: popular videos)")
+    p.add_argument("--n", type=int, default=5, help="with --fetch: new videos per query")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/pipeline"),
+                   help="with --fetch: where the manifest of used videos lives "
+                        "(metadata only; default: %(default)s)")
+    p.add_argument("--api-base", default=None,
+                   help="with --fetch: Pexels API root (default: PEXELS_API_URL or the real API)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 class _ProgressSource:
-    """Wraps a source in a tqdm bar over frames; forwards `stats` for the producer's report."""
+    """Wraps a source to show progress: a tqdm bar on a terminal, else a plain line every 10 s.
 
-    def __init__(self, source: LocalSource, enabled: bool):
-        self.source, self.enabled = source, enabled
+    `status()` gives the live figures shown beside the bar. Forwards `stats` for the report.
+    """
+
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self, source: VideoSource, status: Callable[[], dict]):
+        self.source, self.status = source, status
 
     @property
     def stats(self):
         return self.source.stats
 
     def __iter__(self) -> Iterator[Frame]:
-        with tqdm(self.source, unit="frame", disable=not self.enabled, file=sys.stderr,
+        tty = sys.stderr.isatty()
+        last = time.monotonic()
+        with tqdm(self.source, unit="frame", disable=not tty, file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for frame in bar:
-                bar.set_postfix_str(frame.video.id, refresh=False)
+                if tty:
+                    bar.set_postfix(self.status(), refresh=False)
+                elif time.monotonic() - last >= self.PLAIN_EVERY_S:
+                    last = time.monotonic()
+                    figures = " ".join(f"{k}={v}" for k, v in self.status().items())
+                    print(f"progress: {figures}", file=sys.stderr, flush=True)
                 yield frame
 
 
@@ -140,27 +166,68 @@ def print_report(report: dict) -> None:
         print(f"one sample ({s['video_id']}): {shapes}; pelvis {s['pelvis']} m")
 
 
-def dry_run(args: argparse.Namespace) -> dict:
-    """Label `args.video` once with `args.labeler` into a fresh buffer; return the report.
+def local_source(args: argparse.Namespace) -> LocalSource:
+    """The dry run's source: `args.video` once, every video (no split).
+
+    Raises:
+        FileNotFoundError, ValueError: no video found at the given paths.
+    """
+    return LocalSource(args.video, split="all", frameskip=args.frameskip,
+                       max_frames=args.max_frames, max_side=args.max_side, loop=False)
+
+
+def pexels_source(args: argparse.Namespace) -> VideoSource:
+    """The fetch's source: Pexels search (or popular) with a manifest in `args.run_dir`.
+
+    Raises:
+        PexelsKeyError: no PEXELS_API_KEY in the environment or .env.
+    """
+    from video_sources.pexels import PexelsSource  # only a fetch needs the Pexels client
+
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    return PexelsSource(args.queries, n=args.n, loop=args.loop, split="all",
+                        manifest_path=args.run_dir / "pexels_manifest.jsonl",
+                        api_base=args.api_base, frameskip=args.frameskip,
+                        max_frames=args.max_frames, max_side=args.max_side)
+
+
+def label(source: VideoSource, args: argparse.Namespace) -> dict:
+    """Label `source` once with `args.labeler` into a fresh buffer; return the report.
+
+    Ctrl-C ends the labelling and still reports what was done.
 
     Raises:
         TeacherUnavailableError: the teacher cannot run here.
-        FileNotFoundError, ValueError: no video found at the given paths.
     """
-    source = LocalSource(args.video, split="all", frameskip=args.frameskip,
-                         max_frames=args.max_frames, max_side=args.max_side, loop=False)
     buffer = RingBuffer(args.capacity, args.crop_size)
-    teacher = teacher_class(args.labeler)()
     stats = ProducerStats()
+    quota = getattr(getattr(source, "client", None), "quota", None)
+
+    def status() -> dict:
+        src, total = source.stats, stats.total
+        figures = {"videos": src.videos_ok, "skipped": src.videos_skipped,
+                   "fps": f"{total.label_fps:.1f}", "fill": f"{buffer.stats().fill:.0%}"}
+        if quota is not None and quota.remaining is not None:
+            figures["quota"] = quota.remaining
+        return figures
+
     try:
-        label_stream(_ProgressSource(source, enabled=sys.stderr.isatty()), teacher, buffer,
-                     args.crop_size, stats=stats)
+        teacher = teacher_class(args.labeler)()
+    except BaseException:
+        source.close()
+        raise
+    try:
+        label_stream(_ProgressSource(source, status), teacher, buffer, args.crop_size,
+                     stats=stats)
     except KeyboardInterrupt:
         logger.warning("interrupted: reporting the frames labelled so far")
     finally:
         teacher.close()
         source.close()
-    return build_report(stats, buffer, teacher.name)
+    report = build_report(stats, buffer, teacher.name)
+    if quota is not None:
+        report["quota"] = asdict(quota)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,15 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.fetch:
-        print("pipeline.py: --fetch/--loop (the Pexels source) is not built yet; use "
-              "--dry-run --video PATH for local files and URLs.", file=sys.stderr)
-        return 2
-    if not args.video:
+    if args.dry_run and not args.video:
         build_parser().error("--dry-run needs --video PATH [PATH ...]")
     try:
-        report = dry_run(args)
-    except (TeacherUnavailableError, FileNotFoundError, ValueError) as exc:
+        report = label(pexels_source(args) if args.fetch else local_source(args), args)
+    except (TeacherUnavailableError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"pipeline.py: {exc}", file=sys.stderr)
         return 1
     print_report(report)

@@ -49,9 +49,12 @@ def test_missing_video_is_a_clear_error(tmp_path, capsys):
     assert "nope.mp4" in capsys.readouterr().err
 
 
-def test_fetch_is_not_built_yet(capsys):
-    assert pipeline.main(["--fetch", "--queries", "running"]) == 2
-    assert "--dry-run" in capsys.readouterr().err
+def test_fetch_without_a_key_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PEXELS_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    assert pipeline.main(["--fetch", "--queries", "running", "--run-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "PEXELS_API_KEY" in err and "pexels.com/api" in err
 
 
 def test_dry_run_needs_a_video():
