@@ -230,8 +230,25 @@ def label(source: VideoSource, args: argparse.Namespace) -> dict:
     return report
 
 
+def _carries_key(argv: Sequence[str]) -> bool:
+    """True if an argument contains the configured Pexels key or names an api key option."""
+    from video_sources.pexels import PexelsKeyError, load_api_key
+
+    try:
+        key = load_api_key()
+    except PexelsKeyError:
+        key = None
+    return any((key and key in a) or a.lstrip("-").replace("_", "-").startswith("api-key")
+               for a in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (console script `stream-pose-label`); returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _carries_key(argv):  # checked before argparse, whose errors would echo it
+        print("pipeline.py: pass the key through PEXELS_API_KEY or .env, never on the command "
+              "line", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

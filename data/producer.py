@@ -331,14 +331,20 @@ class Producer:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the thread to stop after its current frame and join it; idempotent.
 
-        A thread still blocked (e.g. in a slow decode) after `timeout_s` is logged and left to
+        A thread still inside the source after a second has its source closed (which wakes a
+        resting or downloading source); one still blocked after `timeout_s` is logged and left to
         finish on its own: it is a daemon and exits with the interpreter.
         """
         self._stop.set()
         if not self._thread.ident:  # never started: nobody else will close the source
             self._close_source()
             return
-        self._thread.join(timeout_s)
+        self._thread.join(min(1.0, timeout_s))
+        if self._thread.is_alive():
+            # Blocked inside the source (a looping Pexels source resting between passes, a slow
+            # download): closing it from here wakes it. Thread-safe for our sources.
+            self._close_source()
+            self._thread.join(timeout_s)
         if self._thread.is_alive():
             logger.warning("producer did not stop within %.1f s; left as a daemon", timeout_s)
 

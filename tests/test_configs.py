@@ -24,7 +24,7 @@ def _options(group):
 
 
 def test_every_group_has_its_options():
-    assert _options("source") == ["local", "synthetic"]
+    assert _options("source") == ["local", "pexels", "synthetic"]
     assert _options("labeler") == ["mediapipe", "oracle"]
     assert _options("logger") == ["csv", "none", "wandb"]
     assert _options("trainer") == ["cpu", "default"]

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 
 import pytest
 from pexels_fake import FakePexels
@@ -244,7 +246,7 @@ def test_source_streams_every_good_video_once_and_skips_each_bad_one(fake, tmp_p
     assert len(fake.file_requests(106)) == 2  # the redirect and its target on 'localhost'
     assert all("Authorization" not in h for p, h in fake.requests if p.startswith("/files/"))
 
-    manifest = tmp_path / "manifest.jsonl"
+    manifest = tmp_path / "manifest.train.jsonl"  # the split goes into the file name
     assert AUDIT.writes and set(AUDIT.writes) == {str(manifest)}
     entries = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [e["id"] for e in entries] == [101, 106, 107, 108]
@@ -255,12 +257,64 @@ def test_source_streams_every_good_video_once_and_skips_each_bad_one(fake, tmp_p
         assert KEY not in text
 
 
+def frame_video_ids(source, count: int) -> list[str]:
+    """The first `count` distinct video ids of an endless source, then close it."""
+    ids: list[str] = []
+    for frame in source:
+        if frame.video.id not in ids:
+            ids.append(frame.video.id)
+        if len(ids) == count:
+            break
+    source.close()
+    return ids
+
+
 def test_n_new_videos_per_query_and_loop_continues_where_it_stopped(fake, tmp_path):
     once = source_for(fake, [], ["running", "yoga"], tmp_path / "a", n=1)
     assert video_ids(once) == ["pexels-101", "pexels-107"]
     looped = source_for(fake, [], ["running", "yoga"], tmp_path / "b", n=1, loop=True)
-    # Loop mode ends only when every query's results are used up (here, after three passes).
-    assert video_ids(looped) == ["pexels-101", "pexels-107", "pexels-106", "pexels-108"]
+    assert frame_video_ids(looped, 4) == ["pexels-101", "pexels-107", "pexels-106", "pexels-108"]
+
+
+def test_loop_rests_after_a_fruitless_pass_then_searches_again_from_page_1(fake, tmp_path,
+                                                                          caplog):
+    caplog.set_level(logging.INFO, logger="video_sources.pexels")
+    source = source_for(fake, [], ["yoga"], tmp_path, n=5, loop=True, rest_s=0.3)
+    frames = iter(source)
+    assert {next(frames).video.id for _ in range(4)} == {"pexels-107", "pexels-108"}
+    fake.results["yoga"].insert(0, fake.video(109, STREET))  # new results appear over time
+    start = time.monotonic()
+    assert [next(frames).video.id for _ in range(2)] == ["pexels-109"] * 2
+    assert time.monotonic() - start >= 0.3  # the exhausted pass waited before searching again
+    pages = [p.split("page=")[1].split("&")[0] for p, _ in fake.requests
+             if p.startswith("/videos/search")]
+    assert pages == ["1", "1"]  # once, then from page 1 again after the rest: no spinning
+    assert len([r for r in caplog.records if "no new Pexels videos" in r.getMessage()]) == 1
+    source.close()
+
+
+def test_close_from_another_thread_ends_the_rest_promptly(fake, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="video_sources.pexels")
+    source = source_for(fake, [], ["yoga"], tmp_path, n=5, loop=True, rest_s=60)
+    consumer = threading.Thread(target=lambda: list(source), daemon=True)
+    consumer.start()
+    deadline = time.monotonic() + 10
+    while not any("no new Pexels" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "the source never rested"
+        time.sleep(0.02)
+    start = time.monotonic()
+    source.close()
+    consumer.join(timeout=2)
+    assert not consumer.is_alive() and time.monotonic() - start < 2
+    assert source.stats.videos_ok == 2
+
+
+def test_consumer_closing_the_generator_stops_the_stream(fake, tmp_path):
+    source = source_for(fake, [], ["running", "yoga"], tmp_path, n=10, loop=True, rest_s=60)
+    frames = iter(source)
+    assert next(frames).video.id == "pexels-101"
+    frames.close()
+    assert len(fake.file_requests(106)) == 0  # nothing fetched after the close
 
 
 def test_restart_skips_videos_in_the_manifest(fake, tmp_path):
@@ -269,6 +323,16 @@ def test_restart_skips_videos_in_the_manifest(fake, tmp_path):
     again = source_for(fake, [], ["yoga"], tmp_path, n=1)
     assert video_ids(again) == ["pexels-108"]
     assert len(fake.file_requests(107)) == 1
+
+
+def test_restart_rebuilds_the_same_val_set_and_lists_it_once(fake, tmp_path):
+    fake.results["yoga"] = [fake.video(i, STREET) for i in range(200, 208)]
+    runs = [video_ids(source_for(fake, [], ["yoga"], tmp_path, n=10, split="val",
+                                 val_fraction=0.5, max_frames=1)) for _ in range(2)]
+    assert runs[0] and runs[0] == runs[1]
+    lines = (tmp_path / "manifest.val.jsonl").read_text().splitlines()
+    assert sorted(f"pexels-{json.loads(x)['id']}" for x in lines) == sorted(runs[0])
+    assert not (tmp_path / "manifest.train.jsonl").exists()
 
 
 def test_split_by_video_id(fake, tmp_path):
@@ -284,7 +348,8 @@ def test_split_by_video_id(fake, tmp_path):
 
 
 @pytest.mark.parametrize("options", [{"n": 0}, {"split": "test"}, {"val_fraction": 1.0},
-                                     {"per_page": 81}, {"queries": "yoga"}, {"queries": [" "]}])
+                                     {"per_page": 81}, {"queries": "yoga"}, {"queries": [" "]},
+                                     {"rest_s": 0}])
 def test_invalid_options_raise(options):
     kwargs = {"queries": ["yoga"], "client": PexelsClient(KEY), **options}
     with pytest.raises(ValueError):

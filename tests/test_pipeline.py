@@ -61,3 +61,12 @@ def test_dry_run_needs_a_video():
     with pytest.raises(SystemExit) as exc:
         pipeline.main(["--dry-run"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("extra", [["--api-key", "KEYVALUE"], ["--queries", "KEYVALUE"]])
+def test_the_key_on_the_command_line_is_refused_without_echo(monkeypatch, capsys, extra):
+    monkeypatch.setenv("PEXELS_API_KEY", "KEYVALUE")
+    assert pipeline.main(["--fetch", *extra]) == 2
+    captured = capsys.readouterr()
+    assert "PEXELS_API_KEY" in captured.err
+    assert "KEYVALUE" not in captured.err + captured.out

@@ -253,3 +253,32 @@ def test_synthetic_stream_with_the_oracle_fills_the_buffer():
     assert np.all(rows["kpts3d"][:, 0] == 0)  # pelvis-relative targets arrive intact
     vis = rows["visibility"] > 0
     assert np.all((rows["kpts2d"][vis] >= -1) & (rows["kpts2d"][vis] <= S))  # inside the crop
+
+
+class RestingSource(FakeSource):
+    """Yields one video, then rests (like a looping Pexels source) until `close()`."""
+
+    def __init__(self):
+        super().__init__([("v", 3)])
+        self._woken = threading.Event()
+
+    def __iter__(self):
+        yield from super().__iter__()
+        self._woken.wait(60.0)
+
+    def close(self):
+        super().close()
+        self._woken.set()
+
+
+def test_stop_wakes_a_source_resting_between_passes():
+    source = RestingSource()
+    buffer = RingBuffer(16, crop_size=S)
+    producer = Producer(source, FakeTeacher, buffer, S)
+    producer.start()
+    buffer.wait_for(3, timeout_s=10)
+    time.sleep(0.1)
+    start = time.monotonic()
+    producer.stop(timeout_s=10)
+    assert not producer.is_alive and source.closed
+    assert time.monotonic() - start < 5.0

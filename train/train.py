@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,18 +24,25 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from train.callbacks import BufferTelemetry, CheckpointOnException, stream_telemetry
+from video_sources.pexels import PexelsKeyError, load_api_key
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 MONITOR = "val/mpjpe_mm"
+KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
+
+
+class SecretInConfigError(ValueError):
+    """An API key in the config or a command-line override, where Hydra would save it."""
 
 # `${repo_root:}` in the configs: paths there mean the same from any working directory.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
@@ -59,7 +67,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         The summary dict (see `run_summary`).
+
+    Raises:
+        SecretInConfigError: an `api_key` in `cfg` or the key in a Hydra override, before
+            anything is written.
     """
+    refuse_keys(cfg, _hydra_overrides())
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -148,6 +161,68 @@ def run_summary(
     }
 
 
+def refuse_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse an API key in the config or in command-line overrides (PITFALLS.md, Secrets).
+
+    Hydra saves the config and `overrides.yaml` in the run folder, and loggers record both, so
+    a key must come from the environment only. Refused: any config field named `api_key`; an
+    override whose key path ends with `api_key`; an override that contains the value of
+    PEXELS_API_KEY (environment or .env). Messages name the path, never the value.
+
+    Raises:
+        SecretInConfigError: one of the above.
+    """
+    paths = _api_key_paths(OmegaConf.to_container(cfg, resolve=False), "")
+    if paths:
+        raise SecretInConfigError(f"config field {paths[0]}: {KEY_REFUSED}")
+    refuse_key_overrides(overrides)
+
+
+def refuse_key_overrides(overrides: list[str]) -> None:
+    """Refuse Hydra overrides (`key=value` strings) that carry the Pexels key; see `refuse_keys`.
+
+    Raises:
+        SecretInConfigError: an override whose path ends with `api_key` or that contains the
+            PEXELS_API_KEY value.
+    """
+    secret = _known_key()
+    for override in overrides:
+        path = override.split("=", 1)[0].lstrip("+~")
+        if path.endswith("api_key") or (secret and secret in override):
+            shown = "an override" if secret and secret in path else f"override of {path!r}"
+            raise SecretInConfigError(f"{shown}: {KEY_REFUSED}")
+
+
+def _api_key_paths(node: Any, prefix: str) -> list[str]:
+    """Dotted paths of every `api_key` field in a plain (unresolved) config container."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return []
+    paths = []
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if key == "api_key":
+            paths.append(path)
+        paths += _api_key_paths(value, path + ".")
+    return paths
+
+
+def _known_key() -> str | None:
+    """The Pexels key if one is configured (environment or .env), else None."""
+    try:
+        return load_api_key()
+    except PexelsKeyError:
+        return None
+
+
+def _hydra_overrides() -> list[str]:
+    """The task overrides of the running Hydra app; empty under the compose API."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def set_torch_threads(n: int | None) -> int:
     """Set torch's intra-op CPU threads; None leaves one core free for the producer thread.
 
@@ -207,9 +282,21 @@ def _finish(loggers: list[Logger]) -> None:
                 wandb.finish()
 
 
+def main() -> None:
+    """CLI: `python -m train.train` / `stream-pose-train` with Hydra overrides.
+
+    Overrides carrying the Pexels key are refused here, before Hydra writes the run folder's
+    `.hydra/overrides.yaml` (see `refuse_key_overrides`).
+    """
+    try:
+        refuse_key_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+    except SecretInConfigError as exc:
+        sys.exit(f"error: {exc}")
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
-    """CLI: `python -m train.train` / `stream-pose-train` with Hydra overrides."""
+def _hydra_main(cfg: DictConfig) -> None:
     # Intended: the module, not the datamodule, turns uint8 crops into floats on the device.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     s = train(cfg)

@@ -3,3 +3,4 @@
 from video_sources.base import SourceStats, VideoSource
 from video_sources.decode import VideoDecodeError, decode_video_bytes
 from video_sources.local import LocalSource
+from video_sources.pexels import PexelsApiError, PexelsClient, PexelsKeyError, PexelsSource

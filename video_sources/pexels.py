@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -421,18 +422,26 @@ class PexelsSource:
     """Frames of Pexels videos found by search (or popular), decoded from memory.
 
     For each query, pages are followed (`next_page`) until `n` new videos of this split have
-    yielded frames or the results end; with `loop`, passes over the queries repeat, each
-    continuing where the last stopped, until every query's results are used up. A video id is
-    used at most once: across queries, pages, passes and (through the manifest) restarts.
+    yielded frames or the results end. With `loop`, passes over the queries repeat forever,
+    each continuing where the last stopped; after a pass that found no new video, the source
+    logs it, rests `rest_s` seconds (so it never spins on the API) and starts the queries whose
+    results ended again from page 1, since Pexels results change over time. `close()`, from any
+    thread, ends the rest and the stream promptly. A video id is used at most once: across
+    queries, pages, passes and (through the manifest) restarts.
 
     Args:
         queries: search terms; empty uses `/videos/popular`.
         n: new videos per query per pass.
-        loop: repeat passes; False makes one pass.
+        loop: repeat passes forever (until `close()`); False makes one pass.
+        rest_s: seconds (> 0) to wait after a looped pass that found no new video.
         split, val_fraction: "train", "val" or "all"; a video is in val iff the stable hash of
             its id (`pexels-<id>`) is below `val_fraction` (`video_sources.local.is_val_id`).
-        manifest_path: JSON-lines file (metadata only) read at start to skip used ids and
-            appended to for each used video; None keeps no manifest.
+        manifest_path: JSON-lines manifest (metadata only); None keeps none. For split "train"
+            or "val" the split name goes before the suffix (`run/pexels_manifest.jsonl` ->
+            `run/pexels_manifest.train.jsonl`), so the two sources of one run keep apart; "all"
+            uses the path as given. Train and "all" skip the ids already listed (a restart
+            fetches no video twice); val does not, so a restart rebuilds the same val set
+            instead of drawing new videos, and it lists each id once.
         client: a `PexelsClient`; None builds one from `api_key`/`api_base` (key from the
             environment or `.env` when `api_key` is None).
         per_page, orientation, size, min_duration, max_duration: search filters (see
@@ -456,6 +465,7 @@ class PexelsSource:
         *,
         n: int = 5,
         loop: bool = False,
+        rest_s: float = 300.0,
         split: str = "train",
         val_fraction: float = 0.0,
         manifest_path: str | os.PathLike | None = None,
@@ -477,17 +487,24 @@ class PexelsSource:
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
         _check_options(queries, n, split, val_fraction, per_page, max_bytes, time_limit_s)
+        if rest_s <= 0:  # a zero rest would poll the API in a hot loop
+            raise ValueError(f"rest_s must be > 0, got {rest_s!r}")
         self.queries: list[str | None] = list(queries) or [None]  # None: popular
         self.n, self.loop, self.split, self.val_fraction = n, loop, split, val_fraction
+        self.rest_s = rest_s
         self.filters = {"orientation": orientation, "size": size,
                         "min_duration": min_duration, "max_duration": max_duration}
         self.per_page, self.min_width, self.max_width = per_page, min_width, max_width
         self.frameskip, self.max_frames, self.max_side = frameskip, max_frames, max_side
         self.max_bytes, self.time_limit_s = max_bytes, time_limit_s
-        self.manifest = None if manifest_path is None else Path(manifest_path)
+        self.manifest = None if manifest_path is None else split_manifest(manifest_path, split)
         self.client = client or PexelsClient(api_key, api_base=api_base)
         self.stats = SourceStats()
-        self._seen: set[int] = read_manifest_ids(self.manifest)  # used, failed or other split
+        self._stop = threading.Event()
+        listed = read_manifest_ids(self.manifest)
+        # Ids not to record again; train and "all" also skip them (see the class docstring).
+        self._recorded: set[int] = set(listed)
+        self._seen: set[int] = set() if split == "val" else listed  # used, failed, other split
         self._next_page: dict[str | None, int | None] = {q: 1 for q in self.queries}
         self._pending: dict[str | None, deque[PexelsVideo]] = {q: deque() for q in self.queries}
 
@@ -498,24 +515,47 @@ class PexelsSource:
             PexelsApiError: a 401/403 (bad key). Other API failures end the query's pass with
                 one warning.
         """
-        while True:
+        while not self._stop.is_set():
+            used = 0
             for query in self.queries:
-                yield from self._query_pass(query)
-            exhausted = all(p is None for p in self._next_page.values())
-            if not self.loop or (exhausted and not any(self._pending.values())):
+                used += yield from self._query_pass(query)
+            if not self.loop or (not used and not self._rest()):
                 return
 
     def close(self) -> None:
-        """Close the HTTP session."""
+        """Stop the stream (also from another thread, also during a rest); close the session."""
+        self._stop.set()
         self.client.close()
 
+    def _rest(self) -> bool:
+        """Wait `rest_s` after a fruitless pass, then restart ended queries from page 1.
+
+        Returns:
+            False if `close()` was called (stop streaming), else True.
+        """
+        logger.info("no new Pexels videos in a pass over %d queries; next pass in %.0f s",
+                    len(self.queries), self.rest_s)
+        if self._stop.wait(self.rest_s):
+            return False
+        for query, page in self._next_page.items():
+            if page is None:
+                self._next_page[query] = 1
+        return True
+
     def _query_pass(self, query: str | None) -> Iterator[Frame]:
-        """Frames of up to `n` new videos of one query, continuing from its next page."""
+        """Frames of up to `n` new videos of one query, continuing from its next page.
+
+        Returns:
+            The number of videos that yielded frames.
+        """
         used = 0
         for video, file in self._candidates(query):
+            if self._stop.is_set():
+                break
             used += yield from self._video_frames(video, file, query)
             if used >= self.n:
-                return
+                break
+        return used
 
     def _candidates(self, query: str | None) -> Iterator[tuple[PexelsVideo, VideoFile]]:
         """New videos of this split with a usable file, page after page, until results end.
@@ -591,8 +631,9 @@ class PexelsSource:
 
     def _record(self, video: PexelsVideo, file: VideoFile, query: str | None) -> None:
         """Append the video's metadata (never its bytes, never the key) to the manifest."""
-        if self.manifest is None:
+        if self.manifest is None or video.id in self._recorded:
             return
+        self._recorded.add(video.id)
         entry = {
             "id": video.id, "url": video.url, "file_link": file.link,
             "width": file.width, "height": file.height, "fps": file.fps,
@@ -603,6 +644,13 @@ class PexelsSource:
         self.manifest.parent.mkdir(parents=True, exist_ok=True)
         with self.manifest.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
+
+
+def split_manifest(path: str | os.PathLike, split: str) -> Path:
+    """The manifest file of one split: `pexels_manifest.jsonl` -> `pexels_manifest.train.jsonl`
+    for "train" and "val"; the path unchanged for "all"."""
+    path = Path(path)
+    return path if split == "all" else path.with_name(f"{path.stem}.{split}{path.suffix}")
 
 
 def read_manifest_ids(path: Path | None) -> set[int]:
