@@ -232,12 +232,9 @@ def label(source: VideoSource, args: argparse.Namespace) -> dict:
 
 def _carries_key(argv: Sequence[str]) -> bool:
     """True if an argument contains the configured Pexels key or names an api key option."""
-    from video_sources.pexels import PexelsKeyError, load_api_key
+    from video_sources.pexels import configured_api_key
 
-    try:
-        key = load_api_key()
-    except PexelsKeyError:
-        key = None
+    key = configured_api_key()
     return any((key and key in a) or a.lstrip("-").replace("_", "-").startswith("api-key")
                for a in argv)
 

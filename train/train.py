@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from train.callbacks import BufferTelemetry, CheckpointOnException, stream_telemetry
-from video_sources.pexels import PexelsKeyError, load_api_key
+from video_sources.pexels import configured_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def refuse_key_overrides(overrides: list[str]) -> None:
         SecretInConfigError: an override whose path ends with `api_key` or that contains the
             PEXELS_API_KEY value.
     """
-    secret = _known_key()
+    secret = configured_api_key()
     for override in overrides:
         path = override.split("=", 1)[0].lstrip("+~")
         if path.endswith("api_key") or (secret and secret in override):
@@ -208,14 +208,6 @@ def _api_key_paths(node: Any, prefix: str) -> list[str]:
             paths.append(path)
         paths += _api_key_paths(value, path + ".")
     return paths
-
-
-def _known_key() -> str | None:
-    """The Pexels key if one is configured (environment or .env), else None."""
-    try:
-        return load_api_key()
-    except PexelsKeyError:
-        return None
 
 
 def _hydra_overrides() -> list[str]:

@@ -218,6 +218,15 @@ def load_api_key(env_file: str | os.PathLike | None = ".env") -> str:
     return key
 
 
+def configured_api_key() -> str | None:
+    """The key `load_api_key` would return, or None when none is set (no error): for callers
+    that only need to recognise the key, e.g. to refuse it on a command line."""
+    try:
+        return load_api_key()
+    except PexelsKeyError:
+        return None
+
+
 # --- client ------------------------------------------------------------------------------------
 
 
