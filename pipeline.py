@@ -27,6 +27,7 @@ from tqdm import tqdm
 from data.producer import LabelStats, ProducerStats, label_stream
 from data.ring_buffer import RingBuffer
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
+from labeler.comotion import DEVICES as COMOTION_DEVICES
 from stream_pose.types import Frame
 from video_sources.base import VideoSource
 from video_sources.local import LocalSource
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stream Pexels videos (key: PEXELS_API_KEY in the environment or .env)")
     p.add_argument("--video", nargs="+", metavar="PATH", help="files, directories or URLs")
     p.add_argument("--labeler", default="mediapipe", choices=sorted(TEACHERS),
-                   help="teacher model (default: %(default)s)")
+                   help="teacher model; auto = CoMotion if ready, else MediaPipe "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=COMOTION_DEVICES,
+                   help="CoMotion's device, with --labeler comotion or auto (default: %(default)s)")
     p.add_argument("--max-frames", type=int, default=None, help="frames per video at most")
     p.add_argument("--frameskip", type=int, default=1, help="label every n-th frame")
     p.add_argument("--max-side", type=int, default=None,
@@ -191,6 +195,19 @@ def pexels_source(args: argparse.Namespace) -> VideoSource:
                         max_frames=args.max_frames, max_side=args.max_side)
 
 
+def make_teacher(args: argparse.Namespace):
+    """The teacher named by `--labeler`, with `--device` for CoMotion.
+
+    Raises:
+        TeacherUnavailableError: the teacher cannot run here.
+    """
+    if args.labeler == "comotion":
+        return teacher_class("comotion")(device=args.device)
+    if args.labeler == "auto":
+        return teacher_class("auto")(comotion={"device": args.device})
+    return teacher_class(args.labeler)()
+
+
 def label(source: VideoSource, args: argparse.Namespace) -> dict:
     """Label `source` once with `args.labeler` into a fresh buffer; return the report.
 
@@ -212,7 +229,7 @@ def label(source: VideoSource, args: argparse.Namespace) -> dict:
         return figures
 
     try:
-        teacher = teacher_class(args.labeler)()
+        teacher = make_teacher(args)
     except BaseException:
         source.close()
         raise

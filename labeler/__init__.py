@@ -1,7 +1,7 @@
 """Teachers: models that label frames with people (``Teacher`` protocol in ``labeler.base``).
 
 Importing this package imports no model library: teachers pull in optional, slow-to-import
-extras (mediapipe, coremltools), so each one is imported only when it is first used, through
+extras (mediapipe, CoMotion's torch stack), so each one is imported only when it is first used, through
 `teacher_class(name)` or attribute access (``labeler.MediaPipeTeacher``).
 """
 
@@ -11,14 +11,17 @@ import importlib
 
 from labeler.base import Teacher, TeacherUnavailableError
 
-# Teacher name -> "module:Class", resolved lazily.
+# Teacher name -> "module:Class" (or a factory function), resolved lazily.
 TEACHERS: dict[str, str] = {
+    "auto": "labeler.auto:auto_teacher",
+    "comotion": "labeler.comotion:CoMotionTeacher",
     "mediapipe": "labeler.mediapipe_teacher:MediaPipeTeacher",
     "oracle": "labeler.oracle:OracleTeacher",
 }
 
 __all__ = [
     "TEACHERS",
+    "CoMotionTeacher",
     "MediaPipeTeacher",
     "OracleTeacher",
     "Teacher",
@@ -28,7 +31,7 @@ __all__ = [
 
 
 def teacher_class(name: str) -> type:
-    """The teacher class registered as `name` in `TEACHERS`, importing its module now.
+    """The teacher class (or factory) registered as `name` in `TEACHERS`, importing its module now.
 
     Raises:
         KeyError: if no teacher has that name (the message lists the known ones).

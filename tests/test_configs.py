@@ -25,7 +25,7 @@ def _options(group):
 
 def test_every_group_has_its_options():
     assert _options("source") == ["local", "pexels", "synthetic"]
-    assert _options("labeler") == ["mediapipe", "oracle"]
+    assert _options("labeler") == ["auto", "comotion", "mediapipe", "oracle"]
     assert _options("logger") == ["csv", "none", "wandb"]
     assert _options("trainer") == ["cpu", "default"]
     assert {"demo", "mediapipe_local"} <= set(_options("experiment"))

@@ -25,11 +25,12 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from labeler.base import TeacherUnavailableError
 from train.callbacks import BufferTelemetry, CheckpointOnException, stream_telemetry
 from video_sources.pexels import configured_api_key
 
@@ -248,11 +249,11 @@ def _check_schedule(trainer_cfg: DictConfig) -> None:
 
 
 def _teacher_name(labeler_cfg: DictConfig) -> str:
-    """The teacher's `name` attribute, read from its class without building a model."""
+    """The teacher's `name` attribute, read from its class (or factory) without building a model."""
     target = labeler_cfg.get("_target_", "")
     try:
-        return str(get_class(target).name)
-    except Exception:  # a factory function, or a class without `name`
+        return str(get_object(target).name)
+    except Exception:  # not importable, or without `name`
         return target
 
 
@@ -291,7 +292,10 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     # Intended: the module, not the datamodule, turns uint8 crops into floats on the device.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-    s = train(cfg)
+    try:
+        s = train(cfg)
+    except TeacherUnavailableError as exc:  # a set-up problem, not a bug: no traceback
+        sys.exit(f"error: the teacher cannot run here: {exc}")
     print(
         f"done: {s['steps']} steps, val MPJPE {_mm(s[MONITOR])} "
         f"(best {_mm(s['best_val_mpjpe_mm'])}, PA {_mm(s['val/pa_mpjpe_mm'])}, "
