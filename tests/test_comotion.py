@@ -328,6 +328,7 @@ def test_registry_and_configs_name_comotion_and_auto():
 
 
 def test_auto_picks_mediapipe_and_says_why_when_comotion_is_not_ready(monkeypatch, caplog):
+    pytest.importorskip("mediapipe", reason="the fallback teacher needs mediapipe")
     def unavailable(**kwargs):
         raise TeacherUnavailableError("SMPL body model missing: /x/SMPL_NEUTRAL.pkl")
 
