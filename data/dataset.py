@@ -1,8 +1,8 @@
 """Thin torch datasets over the ring buffer (training) and over a frozen snapshot (validation).
 
-Legend: B batch, J = 27 joints, S crop side. Fields and dtypes are those of
-`data.ring_buffer.buffer_layout`; `image` stays uint8 `[.., 3, S, S]` and becomes float only on
-the training device.
+Legend: B batch, J = 27 joints, S crop side. Fields are `data.ring_buffer.OUTPUT_FIELDS`, with
+the dtypes of `data.ring_buffer.buffer_layout`; `image` stays uint8 `[.., 3, S, S]` and becomes
+float only on the training device.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from data.ring_buffer import RingBuffer
 
@@ -22,18 +22,21 @@ REQUIRED_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop")
 class BufferDataset(IterableDataset):
     """Endless whole batches sampled uniformly, with replacement, from a live `RingBuffer`.
 
-    Use with `DataLoader(ds, batch_size=None, num_workers=0)`: the loader thread and the producer
-    thread share the buffer in this process. DataLoader worker processes would each hold a copy of
-    this object and of a process-local buffer; they need the shared-memory buffer (a later step).
+    Use with `DataLoader(ds, batch_size=None)`. With `num_workers=0` the batch is gathered in
+    the trainer's process with one copy per field. With a shared buffer, DataLoader worker
+    processes work too (`StreamDataModule(loader_workers=...)`): each unpickled copy attaches
+    to the buffer and draws from its own random stream, so workers never repeat each other.
 
     Args:
         buffer: the ring buffer the producers fill.
         batch_size: B rows per batch.
-        seed: seeds the index generator; each new iterator gets its own stream.
+        seed: seeds the index generator; each new iterator (and DataLoader worker) gets its
+            own stream.
 
     Attributes:
-        batches: batches yielded so far.
-        sample_s: seconds spent inside `buffer.sample` (lock waits and copies), for telemetry.
+        batches: batches yielded so far (in this process).
+        sample_s: seconds spent inside `buffer.sample` (lock waits, copies, JPEG decoding)
+            in this process, for telemetry.
 
     Raises:
         ValueError: if batch_size <= 0.
@@ -58,7 +61,10 @@ class BufferDataset(IterableDataset):
         Raises:
             data.ring_buffer.EmptyBufferError: if the buffer is empty (wait for it first).
         """
-        rng = np.random.default_rng(self._seeds.spawn(1)[0])
+        info = get_worker_info()
+        seeds = self._seeds if info is None else np.random.SeedSequence(
+            [self._seeds.entropy, info.id])
+        rng = np.random.default_rng(seeds.spawn(1)[0])
         while True:
             t0 = time.perf_counter()
             rows = self.buffer.sample(self.batch_size, rng)

@@ -1,9 +1,10 @@
 """The labelling loop: frames from a source, people from a teacher, crops into a ring buffer.
 
 `label_stream` is the synchronous loop (used by `pipeline.py --dry-run` and to build the frozen
-validation set); `Producer` runs it in a daemon thread beside the trainer. One bad frame or video
-never ends the stream: teacher errors are logged (rate-limited), counted and skipped. Only a
-`TeacherUnavailableError` is fatal.
+validation set); `Producer` runs it in a daemon thread beside the trainer, and
+`data.workers.ProducerPool` in spawned processes. One bad frame or video never ends the stream:
+teacher errors are logged (rate-limited), counted and skipped. Only a `TeacherUnavailableError`
+is fatal.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from data.ring_buffer import RingBuffer
+from data.storage import CropTooLargeError
 from labeler.base import Teacher, TeacherUnavailableError
 from stream_pose.codec import crop_sample
 from stream_pose.types import Frame, PersonLabel
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 LOGGED_ERRORS_PER_VIDEO = 3  # teacher errors logged in full per video; the rest are summarised
 SKIP_AFTER_FAILURES = 10  # a video whose first N frames all fail is skipped
+
+
+class ProducerFailedError(RuntimeError):
+    """The producers stopped for good (crash, restarts used up); the message says why."""
 
 
 @dataclass
@@ -37,7 +43,8 @@ class LabelStats:
         persons: labels returned.
         visible_joints: sum over labels of visible joints (see `mean_visible_joints`).
         samples_pushed: crops written to the buffer.
-        rejected: labels dropped because no crop could be cut (degenerate person box).
+        rejected: labels dropped because no crop could be cut (degenerate person box) or kept
+            (a JPEG crop over its slot budget).
         errors: frames on which `teacher.label` raised.
         teacher_s: seconds inside `teacher.label`.
         crop_s: seconds cropping and pushing.
@@ -72,6 +79,11 @@ class LabelStats:
         """Frames per second end to end (decode, teacher, crop, push)."""
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
 
+    def __add__(self, other: LabelStats) -> LabelStats:
+        """Field-wise sum (e.g. over producer processes; the fps properties become means)."""
+        return LabelStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                             for f in dataclasses.fields(self)})
+
 
 @dataclass
 class ProducerStats:
@@ -104,6 +116,31 @@ class ProducerStats:
             source_stats=src,
             last_error=self.last_error,
         )
+
+
+def combine_stats(parts: Iterable[ProducerStats]) -> ProducerStats:
+    """One `ProducerStats` for several producers (or several runs of one), in the given order.
+
+    Totals, per-video and source counters add up (a video labelled by two parts sums); skipped
+    videos are merged in order, without repeats; `last_error` is the last part's that has one.
+    """
+    out = ProducerStats()
+    for part in parts:
+        out.total = out.total + part.total
+        for vid, st in part.per_video.items():
+            out.per_video[vid] = out.per_video.get(vid, LabelStats()) + st
+        out.skipped_videos += [v for v in part.skipped_videos if v not in out.skipped_videos]
+        out.source_stats = _add_source_stats(out.source_stats, part.source_stats)
+        out.last_error = part.last_error or out.last_error
+    return out
+
+
+def _add_source_stats(a: SourceStats | None, b: SourceStats | None) -> SourceStats | None:
+    if a is None or b is None:
+        return a or b
+    return SourceStats(videos_ok=a.videos_ok + b.videos_ok,
+                       videos_skipped=a.videos_skipped + b.videos_skipped,
+                       frames=a.frames + b.frames, skipped=[*a.skipped, *b.skipped])
 
 
 class _VideoState:
@@ -141,7 +178,7 @@ def label_stream(
         teacher: labels one frame at a time.
         buffer: where the crops go; its `crop_size` must equal `crop_size`.
         crop_size: crop side S in pixels.
-        stop: when set, the loop returns after the current frame.
+        stop: when set (anything with `is_set()`), the loop returns after the current frame.
         stats: counters to add to (a `Producer` passes its live ones); default: new ones.
         max_samples: return once this call has pushed at least this many samples.
         reads_per_overwrite: once the buffer is full, wait after each frame until the trainer
@@ -248,12 +285,21 @@ def _push_crops(
         try:
             sample = crop_sample(frame, label, crop_size)
         except ValueError as exc:  # degenerate box: nothing to crop
-            logger.debug("video %s frame %d: no crop: %s", frame.video.id, frame.index, exc)
+            _log_rejected(frame, exc)
             rejected += 1
             continue
-        buffer.push(sample)
+        try:
+            buffer.push(sample)
+        except CropTooLargeError as exc:  # JPEG storage: over the slot budget at any quality
+            _log_rejected(frame, exc)
+            rejected += 1
+            continue
         pushed += 1
     return pushed, rejected
+
+
+def _log_rejected(frame: Frame, exc: Exception) -> None:
+    logger.debug("video %s frame %d: no crop: %s", frame.video.id, frame.index, exc)
 
 
 def _on_teacher_error(
@@ -287,8 +333,9 @@ class Producer:
     """Runs `label_stream` in a daemon thread that owns its teacher.
 
     The teacher is built inside the thread by `teacher_factory` (one teacher per producer:
-    MediaPipe's graph is not thread-safe, and later producers become processes). The thread closes
-    the teacher and the source when it ends, whatever the reason.
+    MediaPipe's graph is not thread-safe). The thread closes the teacher and the source when it
+    ends, whatever the reason. `data.workers.ProducerPool` is the same in processes;
+    `producer.workers=0` picks this one (debugging, fast tests).
 
     Args:
         source: the frames to label; iterated and closed by the thread.

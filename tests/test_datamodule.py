@@ -2,6 +2,9 @@
 
 import functools
 import importlib.util
+import itertools
+import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -13,11 +16,14 @@ import torch
 
 from data.datamodule import EmptyValidationSetError, StreamDataModule
 from data.ring_buffer import BufferStarvedError
+from data.shared import SEGMENT_PREFIX, SHM_DIR
+from data.workers import ProducerSettings
 from labeler.base import TeacherUnavailableError
 from stream_pose.camera import default_K
 from stream_pose.codec import label_from_camera
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
+from video_sources.synthetic import SyntheticSource
 
 HW = (48, 64)
 S = 32
@@ -250,3 +256,59 @@ def test_real_footage_is_split_by_video():
     assert dm.val_video_ids == ["street_short"]
     assert dm.train_video_ids_seen == ["posetrack_short"]
     assert len(batch["image"]) == 5 and batch["image"].float().std() > 0  # real pixels
+
+
+# --- producer processes and the shared buffer ---------------------------------------------------
+
+SYNTH = functools.partial(SyntheticSource, num_videos=4, frames_per_video=4, seed=0,
+                          image_size=(96, 128))
+
+
+def _our_segments() -> list[Path]:
+    return list(Path(SHM_DIR).glob(f"{SEGMENT_PREFIX}{os.getpid()}_*"))
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_segments():
+    yield
+    assert not _our_segments(), "a test left a shared-memory segment behind"
+    assert not multiprocessing.active_children(), "a test left producer processes running"
+
+
+def test_producer_processes_fill_a_shared_jpeg_buffer_and_close_it():
+    from labeler.oracle import OracleTeacher
+
+    dm = StreamDataModule(SYNTH, OracleTeacher, capacity=64, crop_size=S, batch_size=4,
+                          min_samples=16, val_max_samples=8, start_timeout_s=60.0,
+                          storage="jpeg", producer=ProducerSettings(workers=2, heartbeat_s=0.2))
+    try:
+        dm.setup("fit")
+        assert dm.buffer.shared and len(_our_segments()) == 1
+        batch = next(iter(dm.train_dataloader()))
+        dm.check_producers()  # healthy: no error
+    finally:
+        dm.close()
+    stats = dm.buffer.stats()  # final counters survive the close
+    assert stats.storage == "jpeg" and stats.pushed >= 16 and stats.samples_read == 4
+    assert batch["image"].shape == (4, 3, S, S) and batch["image"].dtype == torch.uint8
+    assert torch.all(batch["kpts3d"][:, 0] == 0) and dm.producer_restarts == 0
+    assert dm.train_video_ids_seen and not set(dm.train_video_ids_seen) & set(dm.val_video_ids)
+
+
+@pytest.mark.slow
+def test_dataloader_worker_processes_sample_the_shared_buffer():
+    from labeler.oracle import OracleTeacher
+
+    dm = StreamDataModule(SYNTH, OracleTeacher, capacity=64, crop_size=S, batch_size=4,
+                          min_samples=16, val_max_samples=8, start_timeout_s=60.0,
+                          loader_workers=2)  # producer thread, buffer shared for the loaders
+    try:
+        dm.setup("fit")
+        batches = list(itertools.islice(iter(dm.train_dataloader()), 6))
+        stats = dm.buffer.stats()
+    finally:
+        dm.close()
+    assert dm.buffer.shared and all(b["image"].shape == (4, 3, S, S) for b in batches)
+    assert stats.samples_read >= 24  # counted in the buffer's shared counters
+    rows = [tuple(b["frame_index"].tolist()) + tuple(b["video_key"].tolist()) for b in batches]
+    assert len(set(rows)) == len(rows)  # each worker draws its own random stream

@@ -178,8 +178,11 @@ def test_stream_telemetry_reads_buffer_and_producer_counters():
                         reads_per_sample=4.0)
     dm = SimpleNamespace(
         buffer=SimpleNamespace(stats=lambda: stats),
-        producer_stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5)),
+        producer_stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5, frames=30)),
     )
     assert stream_telemetry(dm) == {"buffer/fill": 0.5, "buffer/reads_per_sample": 4.0,
-                                    "buffer/pushed": 5.0, "producer/teacher_fps": 12.5}
+                                    "buffer/pushed": 5.0, "producer/teacher_fps": 12.5,
+                                    "buffer/overwritten": 0.0, "buffer/samples_read": 20.0,
+                                    "buffer/wait_s": 0.0, "buffer/bytes_per_sample": 0.0,
+                                    "producer/frames": 30.0}
     assert stream_telemetry(SimpleNamespace(buffer=None, producer_stats=None)) == {}

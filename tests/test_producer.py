@@ -11,7 +11,10 @@ import pytest
 from data.producer import (
     LOGGED_ERRORS_PER_VIDEO,
     SKIP_AFTER_FAILURES,
+    LabelStats,
     Producer,
+    ProducerStats,
+    combine_stats,
     label_stream,
 )
 from data.ring_buffer import BufferStarvedError, RingBuffer
@@ -282,3 +285,25 @@ def test_stop_wakes_a_source_resting_between_passes():
     producer.stop(timeout_s=10)
     assert not producer.is_alive and source.closed
     assert time.monotonic() - start < 5.0
+
+
+def test_label_stats_add_up_and_combine():
+    a, b = LabelStats(frames=3, persons=2, teacher_s=1.0), LabelStats(frames=5, errors=1)
+    total = a + b
+    assert (total.frames, total.persons, total.errors, total.teacher_s) == (8, 2, 1, 1.0)
+    one = ProducerStats(total=a, per_video={"x": a}, skipped_videos=["bad"],
+                        source_stats=SourceStats(videos_ok=1, frames=3), last_error="E1")
+    two = ProducerStats(total=b, per_video={"x": b, "y": b}, skipped_videos=["bad", "worse"],
+                        source_stats=SourceStats(videos_ok=2, frames=5))
+    both = combine_stats([one, two])
+    assert both.total.frames == 8 and both.per_video["x"].frames == 8
+    assert both.per_video["y"].frames == 5 and both.skipped_videos == ["bad", "worse"]
+    assert (both.source_stats.videos_ok, both.source_stats.frames) == (3, 8)
+    assert both.last_error == "E1" and one.total.frames == 3  # inputs untouched
+
+
+def test_a_crop_too_large_for_its_jpeg_slot_is_rejected_not_fatal():
+    # FakeSource frames are random noise: their crops never fit a 1 kB JPEG slot
+    buffer = RingBuffer(50, 64, storage="jpeg", jpeg_slot_bytes=1024)
+    stats = label_stream(FakeSource([("v", 3)]), FakeTeacher(), buffer, 64)
+    assert stats.total.frames == 3 and stats.total.rejected == 3 and len(buffer) == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from data.ring_buffer import (
+    OUTPUT_FIELDS,
     BufferStarvedError,
     EmptyBufferError,
     RingBuffer,
@@ -235,3 +236,41 @@ def test_wait_for_reads_never_blocks_before_the_buffer_is_full():
     buf = RingBuffer(4, crop_size=8)
     buf.push(_sample(0, size=8))
     assert buf.wait_for_reads(1.0, poll_s=0.01) < 0.05
+
+
+def test_rows_carry_their_writer_and_write_count():
+    buf = RingBuffer(2, S)
+    for i in range(5):
+        buf.push(_sample(i))
+    snap = buf.snapshot()
+    assert snap["frame_index"].tolist() == [3, 4] and snap["version"].tolist() == [2, 3]
+    assert snap["writer"].tolist() == [0, 0] and buf.stats().slots_by_writer == {0: 2}
+    assert set(snap) == set(OUTPUT_FIELDS)
+
+
+def test_a_closed_buffer_keeps_its_stats_and_refuses_work():
+    buf = RingBuffer(4, S)
+    buf.push(_sample(1))
+    buf.sample(3)
+    buf.close()
+    buf.close()  # idempotent
+    st = buf.stats()
+    assert (len(buf), st.pushed, st.samples_read) == (1, 1, 3)
+    for call in (lambda: buf.push(_sample(2)), lambda: buf.sample(1), buf.snapshot):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+
+
+def test_stats_count_memory_per_slot_and_reader_time():
+    buf = RingBuffer(10, S)
+    buf.push(_sample(0))
+    buf.sample(8)
+    st = buf.stats()
+    labels = 4 * 27 * (2 + 3 + 1) + 4 * 9  # kpts2d, kpts3d, visibility, K_crop (float32)
+    assert 3 * S * S + labels < st.bytes_per_sample < 3 * S * S + labels + 200  # + ids
+    assert st.crop_bytes_mean == 3 * S * S and st.wait_s > 0 and st.retries == 0
+
+
+def test_a_process_local_buffer_cannot_be_handed_to_another_process():
+    with pytest.raises(RuntimeError, match="shared=True"):
+        RingBuffer(4, S).handle

@@ -83,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _check_schedule(cfg.trainer)
 
     datamodule = instantiate(cfg.buffer, source=instantiate(cfg.source),
-                             teacher=instantiate(cfg.labeler))
+                             teacher=instantiate(cfg.labeler),
+                             producer=instantiate(cfg.get("producer")))
     module = instantiate(cfg.model)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", monitor=MONITOR, mode="min",

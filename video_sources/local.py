@@ -55,6 +55,8 @@ class LocalSource:
         loop: cycle over the videos forever; False iterates once.
         max_bytes: largest file or download read into memory, in bytes.
         timeout_s: requests timeout (connect, and each read) for URLs, in seconds.
+        shard, num_shards: keep only the split's videos with `in_shard(id, shard, num_shards)`,
+            so that several producers stream disjoint videos that together make the split.
 
     Video ids (`VideoRef.id`) are the file stem, or the last URL path part without extension;
     a repeated id gets "-2", "-3", ... in input order. Frames carry `K = None` (unknown).
@@ -62,8 +64,8 @@ class LocalSource:
 
     Raises:
         FileNotFoundError: a path that does not exist (named in the message).
-        ValueError: no video found, an empty selected split, an unknown id in `val_videos`, or
-            an invalid option.
+        ValueError: no video found, an empty selected split or shard, an unknown id in
+            `val_videos`, or an invalid option.
     """
 
     kind = "local"
@@ -81,10 +83,19 @@ class LocalSource:
         loop: bool = False,
         max_bytes: int = 2_000_000_000,
         timeout_s: float = 30.0,
+        shard: int = 0,
+        num_shards: int = 1,
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
         _check_options(split, val_fraction, max_bytes, timeout_s)
-        self._videos = select_split(_list_videos(paths), split, val_videos, val_fraction)
+        check_shard(shard, num_shards)
+        videos = select_split(_list_videos(paths), split, val_videos, val_fraction)
+        self._videos = [v for v in videos if in_shard(v.id, shard, num_shards)]
+        if not self._videos:
+            raise ValueError(
+                f"shard {shard} of {num_shards} of split {split!r} has no video (the split has "
+                f"{[v.id for v in videos]}): use fewer producer workers than videos"
+            )
         self.frameskip, self.max_frames, self.max_side = frameskip, max_frames, max_side
         self.loop, self.max_bytes, self.timeout_s = loop, max_bytes, timeout_s
         self.stats = SourceStats()
@@ -281,6 +292,24 @@ def is_val_id(video_id: str, val_fraction: float) -> bool:
     needs the whole list: a given id is in val iff its hash position is below `val_fraction`.
     """
     return _unit_hash(video_id) < val_fraction
+
+
+def in_shard(video_id: str, shard: int, num_shards: int) -> bool:
+    """Whether a video belongs to `shard` of `num_shards`: its stable hash mod `num_shards`.
+
+    BLAKE2b with its own `person` tag, so shards do not correlate with the val split's SHA-1
+    position. Shards of one split are disjoint and together give all of it. With few videos
+    they can be uneven, even empty.
+    """
+    digest = hashlib.blake2b(video_id.encode(), digest_size=8, person=b"sp-shard").digest()
+    return int.from_bytes(digest, "little") % num_shards == shard
+
+
+def check_shard(shard: int, num_shards: int) -> None:
+    """Raises ValueError unless 0 <= shard < num_shards."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, "
+                         f"num_shards={num_shards}")
 
 
 def _unit_hash(video_id: str) -> float:

@@ -36,7 +36,7 @@ from video_sources.base import SourceStats
 from video_sources.decode import VideoDecodeError, check_decode_options
 from video_sources.frames import frames_from_bytes
 from video_sources.http import DownloadError, download_bytes
-from video_sources.local import SPLITS, is_val_id
+from video_sources.local import SPLITS, check_shard, in_shard, is_val_id
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +445,9 @@ class PexelsSource:
         rest_s: seconds (> 0) to wait after a looped pass that found no new video.
         split, val_fraction: "train", "val" or "all"; a video is in val iff the stable hash of
             its id (`pexels-<id>`) is below `val_fraction` (`video_sources.local.is_val_id`).
+        shard, num_shards: use only the videos of this shard (`video_sources.local.in_shard`
+            on the id), so that several producers fetch disjoint videos; `n` counts the
+            shard's own. Each shard queries the API itself: the quota is shared.
         manifest_path: JSON-lines manifest (metadata only); None keeps none. For split "train"
             or "val" the split name goes before the suffix (`run/pexels_manifest.jsonl` ->
             `run/pexels_manifest.train.jsonl`), so the two sources of one run keep apart; "all"
@@ -493,13 +496,17 @@ class PexelsSource:
         max_side: int | None = None,
         max_bytes: int = 200_000_000,
         time_limit_s: float = 300.0,
+        shard: int = 0,
+        num_shards: int = 1,
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
+        check_shard(shard, num_shards)
         _check_options(queries, n, split, val_fraction, per_page, max_bytes, time_limit_s)
         if rest_s <= 0:  # a zero rest would poll the API in a hot loop
             raise ValueError(f"rest_s must be > 0, got {rest_s!r}")
         self.queries: list[str | None] = list(queries) or [None]  # None: popular
         self.n, self.loop, self.split, self.val_fraction = n, loop, split, val_fraction
+        self.shard, self.num_shards = shard, num_shards
         self.rest_s = rest_s
         self.filters = {"orientation": orientation, "size": size,
                         "min_duration": min_duration, "max_duration": max_duration}
@@ -579,9 +586,7 @@ class PexelsSource:
             if video.id in self._seen:
                 continue
             self._seen.add(video.id)
-            if self.split != "all" and is_val_id(_video_id(video), self.val_fraction) != (
-                self.split == "val"
-            ):
+            if not self._mine(_video_id(video)):
                 continue
             file = pick_file(video, self.min_width, self.max_width)
             if file is None or file.quality == "hls":
@@ -589,6 +594,12 @@ class PexelsSource:
                 self._skip(video, "no mp4 file" if file is None else "only an HLS stream")
                 continue
             yield video, file
+
+    def _mine(self, video_id: str) -> bool:
+        """Whether a video belongs to this source's split and shard."""
+        in_split = self.split == "all" or is_val_id(video_id, self.val_fraction) == (
+            self.split == "val")
+        return in_split and in_shard(video_id, self.shard, self.num_shards)
 
     def _fetch_next(self, query: str | None) -> bool:
         """Queue the query's next page of results; False if the API request failed."""

@@ -1,0 +1,165 @@
+"""Benchmark 5: the student's frames/s vs the teacher's, on the same machine.
+
+    python -m bench.student_vs_teacher [--video ../shared/videos/running_athlete.mp4]
+        [--batch-sizes 1 32] [--student-frames 320] [--max-frames N] [--max-side 640]
+        [--torch-threads N] [--repeats 3] [--warmup 1] [--json]
+
+- student: `train.student.PoseStudent` built from conf/model/student.yaml at the training crop
+  size S (conf/buffer/default.yaml), in eval mode under `torch.inference_mode()`, on uint8 crops
+  `[B, 3, S, S]` made float in [0, 1] inside the timed region (as training does on its device);
+  `--student-frames` frames per pass at each batch size B.
+- teacher: MediaPipe (conf/labeler/mediapipe.yaml) on whole frames decoded beforehand at the
+  training max_side (conf/source/local.yaml), one video in order after a reset: video mode,
+  tracking the person from frame to frame, as in training. MediaPipe has no batch mode, so its
+  frames/s is the same for every student batch size.
+
+Torch threads are set as training sets them (`train.train.set_torch_threads`: all usable cores
+but one, which the producer needs) unless `--torch-threads` is given. Reported: frames/s of each
+(median over repeats) and the ratio student/teacher, in wall time and again per CPU second of
+the process ([CPU] rows, which other jobs on a shared machine barely change). Target
+(DESIGN.md): >= 10 at batch 1.
+The student's time excludes finding the person (a crop needs a box, from the previous frame's
+prediction or a detector), which MediaPipe's time includes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bench.common import (
+    Report,
+    Row,
+    Timing,
+    cores_note,
+    emit,
+    int_or_none,
+    load_conf,
+    make_parser,
+    mediapipe_teacher,
+    parse_args,
+    positive_int,
+    teacher_pass,
+    time_interleaved,
+    training_max_side,
+)
+from train.student import PoseStudent
+from train.train import set_torch_threads
+from video_sources.local import LocalSource
+
+TEACHER = "MediaPipe teacher (whole frames)"
+TARGET = (">=", 10.0)  # student/teacher frames/s at batch 1 (DESIGN.md)
+
+
+def training_student() -> PoseStudent:
+    """The student exactly as training builds it (conf/model/student.yaml, net node), eval mode."""
+    cfg = OmegaConf.create({"buffer": load_conf("buffer", "default"),
+                            "model": load_conf("model", "student")})
+    return instantiate(cfg.model.net).eval()
+
+
+def student_pass(net: PoseStudent, crops: torch.Tensor, passes: int) -> int:
+    """`passes` forward passes on uint8 crops `[B, 3, S, S]`; returns frames = passes x B."""
+    with torch.inference_mode():
+        for _ in range(passes):
+            net(crops.float().div_(255.0))
+    return passes * crops.shape[0]
+
+
+def run(video: Path, *, batch_sizes: list[int], student_frames: int, max_side: int | None,
+        max_frames: int | None, repeats: int = 3, warmup: int = 1) -> Report:
+    """Time the student at each batch size and the teacher, interleaved (module docstring).
+
+    Torch threads must already be set (`main` does it); they are recorded in the machine info.
+
+    Raises:
+        TeacherUnavailableError: if MediaPipe is not installed.
+    """
+    net = training_student()
+    s = net.crop_size
+    sides = _student_sides(net, batch_sizes, student_frames)
+    frames = list(LocalSource([video], split="all", max_side=max_side, max_frames=max_frames))
+    teacher = mediapipe_teacher()
+    try:
+        sides[TEACHER] = lambda: teacher_pass(teacher, frames)
+        timings = time_interleaved(sides, repeats, warmup)
+    finally:
+        teacher.close()
+    rows = _rows(timings, batch_sizes, s, "items_per_s", "frames/s", "")
+    rows += _rows(timings, batch_sizes, s, "items_per_cpu_s", "frames/CPU s", " [CPU]")
+    settings = {
+        "video": video.name, "frame_size": "x".join(map(str, frames[0].hw[::-1])),
+        "teacher_frames": len(frames), "crop_size": s,
+        "student_params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+        "student_frames": {b: timings[_student(b)].items for b in batch_sizes},
+        "torch_threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup,
+    }
+    return Report("student_vs_teacher", "student frames/s vs teacher frames/s", settings, rows,
+                  _NOTES + [cores_note(timings)])
+
+
+def _student_sides(net: PoseStudent, batch_sizes: list[int], frames: int) -> dict:
+    """One timed side per batch size B: ceil(frames / B) passes on fixed random uint8 crops."""
+    gen = torch.Generator().manual_seed(0)
+    sides = {}
+    for b in batch_sizes:
+        s = net.crop_size
+        crops = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=gen)
+        passes = math.ceil(frames / b)
+        sides[_student(b)] = lambda crops=crops, passes=passes: student_pass(net, crops, passes)
+    return sides
+
+
+def _student(batch_size: int) -> str:
+    return f"student batch {batch_size}"
+
+
+def _rows(timings: dict[str, Timing], batch_sizes: list[int], crop_size: int, metric: str,
+          unit: str, suffix: str) -> list[Row]:
+    """Student at each batch size against the teacher, in one `Timing` throughput metric."""
+    teacher = getattr(timings[TEACHER], metric)
+    return [Row(f"batch {b}{suffix}", f"student (S={crop_size})",
+                getattr(timings[_student(b)], metric), TEACHER, teacher, unit,
+                TARGET if b == 1 else None) for b in batch_sizes]
+
+
+_NOTES = [
+    "student: the network only, on crops already cut; the teacher finds the person itself",
+    "MediaPipe has no batch mode: the same teacher frames/s is the baseline of every batch size",
+    "MediaPipe's own threads (TFLite XNNPACK) are not set by this script; torch threads are",
+    "[CPU] rows: frames per CPU second of the whole process (all threads), which other jobs on "
+    "a shared machine barely change; they equal the wall rows when a side keeps one core busy",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints the report and returns the exit status 0."""
+    parser = make_parser(__doc__)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32],
+                        help="student batch sizes (default: %(default)s)")
+    parser.add_argument("--student-frames", type=positive_int, default=320,
+                        help="frames per student pass, rounded up to whole batches "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-frames", type=int_or_none, default=None,
+                        help="video frames the teacher labels per pass; 0: all (default: all)")
+    parser.add_argument("--max-side", type=int_or_none, default=training_max_side(),
+                        help="decode frames at this longer side, pixels; 0: full size "
+                             "(default: %(default)s, as conf/source/local.yaml)")
+    parser.add_argument("--torch-threads", type=positive_int, default=None,
+                        help="torch intra-op threads (default: as training, cores - 1)")
+    args = parse_args(parser, argv)
+    set_torch_threads(args.torch_threads)
+    batch_sizes = list(dict.fromkeys(args.batch_sizes))  # a repeated size would be timed once
+    report = run(args.video, batch_sizes=batch_sizes, student_frames=args.student_frames,
+                 max_side=args.max_side, max_frames=args.max_frames,
+                 repeats=args.repeats, warmup=args.warmup)
+    emit(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

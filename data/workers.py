@@ -1,0 +1,644 @@
+"""Producer processes: each labels its own shard of the stream into a shared ring buffer.
+
+`ProducerPool` spawns `workers` processes (spawn start method: safe with CUDA and on macOS).
+Each builds its own source shard and teacher from picklable factories (Hydra `_partial_`s are
+`functools.partial`s), attaches to the shared `RingBuffer` and runs `label_stream`. A monitor
+thread in the parent supervises them:
+
+- a worker that dies (exception, SIGKILL, segfault: seen through its process sentinel) or
+  stops sending heartbeats (hung) is logged with its error and restarted, at most
+  `max_restarts` times per worker; then, or at once for errors that would only repeat (a
+  `TeacherUnavailableError`, or a source or teacher that cannot be built), the pool fails:
+  `error` and `failure_reason()` say why, and the trainer raises it (`StreamDataModule`);
+- workers report counters, heartbeats, errors and log records through one pipe each. Pipes,
+  not a shared queue: a worker killed while holding a queue's lock would block the others.
+
+Shards: worker w of rank r labels shard r * workers + w of world_size * workers (sources take
+`shard` and `num_shards`), so ranks and workers never label the same video.
+
+A spawned worker re-imports this module and the parent's `__main__` (CPython's spawn), so this
+module imports neither torch, Lightning nor any teacher library.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
+
+from data.producer import ProducerFailedError, ProducerStats, combine_stats, label_stream
+from data.ring_buffer import BufferHandle, RingBuffer
+from labeler.base import Teacher, TeacherUnavailableError
+from video_sources.base import VideoSource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """How many producer processes run and how they are supervised (conf/producer).
+
+    Attributes:
+        workers: producer processes; 0 labels in a thread of the trainer's process instead.
+        max_restarts: restarts allowed per worker before the run fails with its error.
+        heartbeat_s: seconds between a worker's reports (counters double as heartbeats).
+        heartbeat_timeout_s: a running worker silent this long is taken for hung and restarted.
+        startup_timeout_s: the same limit before a worker's first report (spawn re-imports the
+            parent's main module, and the teacher loads its model).
+        stop_timeout_s: seconds a stopping worker gets to finish its frame before SIGTERM.
+    """
+
+    workers: int = 1
+    max_restarts: int = 3
+    heartbeat_s: float = 1.0
+    heartbeat_timeout_s: float = 120.0
+    startup_timeout_s: float = 300.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.max_restarts < 0:
+            raise ValueError(f"workers and max_restarts must be >= 0, got {self.workers}, "
+                             f"{self.max_restarts}")
+        if min(self.heartbeat_s, self.heartbeat_timeout_s, self.startup_timeout_s,
+               self.stop_timeout_s) <= 0:
+            raise ValueError("heartbeat and timeout settings must be > 0 seconds")
+
+
+def shard_kwargs(shard: int, num_shards: int) -> dict[str, int]:
+    """Source keyword arguments for one shard; none when there is only one (any source works)."""
+    return {} if num_shards == 1 else {"shard": shard, "num_shards": num_shards}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a producer process needs, picklable.
+
+    Attributes:
+        source: factory called as `source(split="train", **shard_kwargs(shard, num_shards))`.
+        teacher: factory of the worker's own teacher.
+        buffer: handle of the shared ring buffer.
+        crop_size: crop side S in pixels.
+        shard, num_shards: this worker's part of the stream.
+        reads_per_overwrite: pacing against the trainer (see `label_stream`).
+        heartbeat_s: seconds between reports.
+        log_level: level of the worker's root logger (records are forwarded to the parent).
+    """
+
+    source: Callable[..., VideoSource]
+    teacher: Callable[[], Teacher]
+    buffer: BufferHandle
+    crop_size: int
+    shard: int
+    num_shards: int
+    reads_per_overwrite: float | None
+    heartbeat_s: float
+    log_level: int
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """Why a worker ended: its error text and traceback, and whether a restart is pointless.
+
+    Attributes:
+        text: "ExceptionType: message", or what the parent saw (signal, missing heartbeat).
+        traceback: the worker's formatted traceback ("" when it sent none).
+        fatal: True when a restart would fail the same way.
+        exception: the pickled exception, if it pickles.
+    """
+
+    text: str
+    traceback: str = ""
+    fatal: bool = False
+    exception: bytes | None = None
+
+
+# --- in the worker process ----------------------------------------------------------------------
+
+
+class _Channel:
+    """The worker's end of its pipe; sends are locked (the heartbeat and main threads both send)."""
+
+    def __init__(self, conn: Connection):
+        self.conn, self._lock = conn, threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self._lock:
+            self.conn.send(message)
+
+    def stop_requested(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for "stop"; True on it, or when the parent is gone (EOF)."""
+        try:
+            return self.conn.poll(timeout_s) and self.conn.recv() == "stop"
+        except (EOFError, OSError):
+            return True
+
+
+class _LogForwarder(logging.Handler):
+    """Sends the worker's log records to the parent, which logs them under the same names."""
+
+    def __init__(self, channel: _Channel):
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        try:
+            self.channel.send(("log", {"name": record.name, "levelno": record.levelno,
+                                       "levelname": record.levelname, "msg": text}))
+        except OSError:  # the parent is gone; nobody to tell
+            pass
+
+
+class _Heartbeat(threading.Thread):
+    """Reports the worker's counters every `every_s` and watches the pipe for "stop".
+
+    Reports carry only the per-video counters that changed since the last one, so a long stream
+    of short videos does not make each report longer. On "stop" (or the parent's death) it sets
+    `stop` and, after a second, closes the source, which wakes a source resting between passes.
+    """
+
+    def __init__(self, channel: _Channel, stats: ProducerStats, stop: threading.Event,
+                 every_s: float):
+        super().__init__(name="stream-pose-heartbeat", daemon=True)
+        self.channel, self.stats, self.stop_event, self.every_s = channel, stats, stop, every_s
+        self.source: VideoSource | None = None
+        self._done = threading.Event()
+        self._sent: dict[str, int] = {}  # video id -> frames at the last report
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.report()
+            if self.stop_event.is_set():
+                self._done.wait(self.every_s)
+            elif self.channel.stop_requested(self.every_s):
+                self.stop_event.set()
+                if not self._done.wait(1.0) and self.source is not None:
+                    _close_quietly(self.source, "source")
+
+    def finish(self) -> None:
+        """Stop reporting, then send the last counters."""
+        self._done.set()
+        self.join()
+        self.report()
+
+    def report(self) -> None:
+        per_video = dict(self.stats.per_video)  # one atomic copy under the GIL
+        changed = {v: replace(s) for v, s in per_video.items()
+                   if self._sent.get(v) != s.frames}  # copies of the few that changed only
+        self._sent.update({v: s.frames for v, s in changed.items()})
+        snap = replace(self.stats, per_video={}).copy()
+        snap.per_video = changed
+        try:
+            self.channel.send(("stats", snap))
+        except OSError:
+            self.stop_event.set()  # the parent is gone: stop labelling
+
+
+def run_worker(spec: WorkerSpec, index: int, conn: Connection) -> None:
+    """Entry point of producer process `index`: label `spec`'s shard into the shared buffer.
+
+    Sends ("stats", ProducerStats) reports, ("log", record) messages and finally ("done",) or
+    ("error", WorkerError). Ignores SIGINT: on Ctrl-C the parent stops its workers itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = _Channel(conn)
+    root = logging.getLogger()
+    root.handlers = [_LogForwarder(channel)]
+    root.setLevel(spec.log_level)
+    stats, stop = ProducerStats(), threading.Event()
+    heartbeat = _Heartbeat(channel, stats, stop, spec.heartbeat_s)
+    heartbeat.start()
+    outcome: tuple = ("done",)
+    built, buffer, teacher, source = False, None, None, None
+    try:
+        buffer = RingBuffer.attach(spec.buffer, writer=index)
+        teacher = spec.teacher()
+        source = spec.source(split="train", **shard_kwargs(spec.shard, spec.num_shards))
+        heartbeat.source, built = source, True
+        label_stream(source, teacher, buffer, spec.crop_size, stop=stop, stats=stats,
+                     reads_per_overwrite=spec.reads_per_overwrite)
+    except BaseException as exc:
+        # Building the source or teacher would fail the same way again: no restart.
+        outcome = ("error", _error_report(exc, fatal=not built))
+    finally:
+        heartbeat.finish()
+        for obj, what in ((teacher, "teacher"), (source, "source"), (buffer, "buffer")):
+            if obj is not None:
+                _close_quietly(obj, what)
+    try:
+        channel.send(outcome)
+    except OSError:  # the parent is gone
+        pass
+    if outcome[0] == "error":
+        sys.exit(1)
+
+
+def _error_report(exc: BaseException, fatal: bool) -> WorkerError:
+    try:
+        pickled = pickle.dumps(exc)
+    except Exception:  # an exception with unpicklable state: the text will do
+        pickled = None
+    return WorkerError(
+        text=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        fatal=fatal or isinstance(exc, TeacherUnavailableError),
+        exception=pickled,
+    )
+
+
+def _close_quietly(obj: Any, what: str) -> None:
+    try:
+        obj.close()
+    except Exception:
+        logger.exception("closing the %s failed", what)
+
+
+# --- in the parent process ----------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    """The parent's view of one worker slot, across restarts."""
+
+    index: int
+    process: multiprocessing.process.BaseProcess | None = None
+    conn: Connection | None = None
+    past: ProducerStats = field(default_factory=ProducerStats)  # earlier incarnations
+    live: ProducerStats = field(default_factory=ProducerStats)  # the current one
+    restarts: int = 0
+    started: float = 0.0
+    last_report: float | None = None
+    ended: WorkerError | None = None  # why the current incarnation ended, if it said
+    finished: bool = False  # its source ran out (a clean end, not restarted)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback as the `__cause__` of its re-raised error."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ProducerPool:
+    """`workers` producer processes filling one shared `RingBuffer`, restarted when they die.
+
+    Same interface as the in-process `data.producer.Producer` (start, stop, is_alive, error,
+    stats, failure_reason), so `StreamDataModule` and benchmarks can use either.
+
+    Args:
+        source: factory of video sources, called in each worker as
+            `source(split="train", shard=..., num_shards=...)` (no shard arguments when there
+            is a single shard); must be picklable (a Hydra `_partial_`, a module-level class).
+        teacher: picklable factory of teachers; each worker makes its own.
+        buffer: a shared ring buffer (`RingBuffer(..., shared=True)`), owned by this process.
+        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        settings: worker count and supervision (`ProducerSettings`; `workers` >= 1).
+        rank, world_size: this trainer's place among DDP ranks (0 and 1 without DDP).
+        reads_per_overwrite: pacing against the trainer (see `label_stream`).
+
+    Raises:
+        ValueError: a process-local buffer, a crop size mismatch, workers < 1 or a bad rank.
+    """
+
+    def __init__(
+        self,
+        source: Callable[..., VideoSource],
+        teacher: Callable[[], Teacher],
+        buffer: RingBuffer,
+        crop_size: int,
+        *,
+        settings: ProducerSettings = ProducerSettings(),
+        rank: int = 0,
+        world_size: int = 1,
+        reads_per_overwrite: float | None = None,
+    ):
+        if not buffer.shared:
+            raise ValueError("producer processes need a shared buffer: RingBuffer(shared=True)")
+        if crop_size != buffer.crop_size:
+            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
+        if settings.workers < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need workers >= 1 and 0 <= rank < world_size, got "
+                             f"{settings.workers}, {rank}, {world_size}")
+        self.settings, self.rank, self.world_size = settings, rank, world_size
+        self._source, self._teacher, self._buffer = source, teacher, buffer
+        self._crop_size, self._reads_per_overwrite = crop_size, reads_per_overwrite
+        self._ctx = multiprocessing.get_context("spawn")
+        self._workers = [_Worker(w) for w in range(settings.workers)]
+        self._lock = threading.Lock()  # guards the workers' counters (monitor vs. readers)
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)  # wakes the monitor on stop
+        self._error: BaseException | None = None
+        self._error_text: str | None = None
+        self._stop_timeout_s = settings.stop_timeout_s
+        self._monitor = threading.Thread(target=self._supervise, name="stream-pose-pool",
+                                         daemon=True)
+
+    # Public interface
+
+    def start(self) -> None:
+        """Spawn the workers and the monitor thread.
+
+        Raises:
+            RuntimeError: if it was started before.
+            TypeError: the source or teacher factory cannot be pickled (a lambda, a local
+                class); the workers started so far are stopped.
+        """
+        if self._monitor.ident is not None:
+            raise RuntimeError("the producer pool was started already")
+        try:
+            for worker in self._workers:
+                self._spawn(worker)
+        except BaseException:
+            for worker in self._workers:
+                if worker.alive:
+                    _terminate(worker.process)
+            raise
+        self._monitor.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Ask every worker to finish its frame and exit; SIGTERM, then SIGKILL, stragglers.
+
+        Idempotent. Waits at most about `timeout_s` (default `settings.stop_timeout_s`) plus a
+        few seconds for the kills.
+        """
+        self._stopping.set()
+        if self._monitor.ident is None:
+            return
+        if timeout_s is not None:
+            self._stop_timeout_s = timeout_s
+        try:
+            self._wake_w.send_bytes(b"stop")
+        except OSError:  # closed by an earlier stop
+            pass
+        self._monitor.join(self._stop_timeout_s + 10.0)
+        if self._monitor.is_alive():
+            logger.warning("producer pool monitor did not stop; its workers are daemons")
+            return
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> ProducerPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def is_alive(self) -> bool:
+        """True while at least one worker process runs."""
+        return any(w.alive for w in self._workers)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that failed the pool (the worker's own exception type when it pickles)."""
+        return self._error
+
+    @property
+    def restarts(self) -> int:
+        """Worker restarts so far, all workers together."""
+        return sum(w.restarts for w in self._workers)
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process id of each worker slot's current process (None if it is not running)."""
+        return [w.process.pid if w.alive else None for w in self._workers]
+
+    @property
+    def stats(self) -> ProducerStats:
+        """All workers' counters combined (restarted incarnations included); a copy."""
+        with self._lock:
+            return combine_stats(p for w in self._workers for p in (w.past, w.live))
+
+    def worker_stats(self) -> list[ProducerStats]:
+        """Each worker slot's counters (all its incarnations), in worker order; copies."""
+        with self._lock:
+            return [combine_stats([w.past, w.live]) for w in self._workers]
+
+    def failure_reason(self) -> str | None:
+        """Why no more samples will come, or None while the workers run (or were stopped).
+
+        Meant as `RingBuffer.wait_for(abort=pool.failure_reason)`.
+        """
+        if self._error_text is not None:
+            return self._error_text
+        if all(w.finished for w in self._workers) and not self._stopping.is_set():
+            total = self.stats.total
+            return (f"producers finished: the sources ran out after {total.frames} frames "
+                    f"({total.samples_pushed} samples, {total.errors} teacher errors)")
+        return None
+
+    # Worker lifecycle (monitor thread, except the first spawns)
+
+    def _spawn(self, worker: _Worker) -> None:
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        shard = self.rank * self.settings.workers + worker.index
+        spec = WorkerSpec(
+            source=self._source, teacher=self._teacher, buffer=self._buffer.handle,
+            crop_size=self._crop_size, shard=shard,
+            num_shards=self.world_size * self.settings.workers,
+            reads_per_overwrite=self._reads_per_overwrite, heartbeat_s=self.settings.heartbeat_s,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        process = self._ctx.Process(target=run_worker, args=(spec, worker.index, child_end),
+                                    name=f"stream-pose-producer-{worker.index}", daemon=True)
+        try:
+            process.start()
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            parent_end.close()
+            raise TypeError(
+                f"producer processes need picklable source and teacher factories ({exc}): use "
+                "module-level classes or functions (Hydra _partial_ configs are), or "
+                "producer.workers=0 to label in a thread"
+            ) from exc
+        finally:
+            child_end.close()  # the child holds its own copy: EOF here means the child is gone
+        worker.process, worker.conn, worker.started = process, parent_end, time.monotonic()
+        worker.last_report, worker.ended, worker.finished = None, None, False
+        logger.info("producer %d started (pid %d, shard %d of %d)", worker.index, process.pid,
+                    shard, spec.num_shards)
+
+    def _supervise(self) -> None:
+        """Monitor thread: route messages, restart dead or hung workers, stop them at the end."""
+        try:
+            while not (self._stopping.is_set() or self._error is not None):
+                self._poll(self.settings.heartbeat_s)
+                self._check_heartbeats()
+        except Exception as exc:  # a bug here must fail the run, not silently stop supervision
+            logger.exception("producer pool monitor failed")
+            self._fail(ProducerFailedError(f"producer pool monitor failed: {exc}"), str(exc))
+        finally:
+            self._shutdown()
+
+    def _poll(self, timeout_s: float) -> None:
+        """Wait for messages, deaths or a wake-up; handle what arrived."""
+        live = [w for w in self._workers if w.alive]
+        by_object: dict[Any, _Worker] = {w.conn: w for w in live if w.conn is not None}
+        by_object.update({w.process.sentinel: w for w in live})
+        ready = wait([*by_object, self._wake_r], timeout_s)
+        for obj in ready:
+            if obj is self._wake_r:
+                self._wake_r.recv_bytes()  # consumed, or every later wait returns at once
+                continue
+            worker = by_object[obj]
+            self._drain(worker)
+            if obj is worker.process.sentinel:
+                worker.process.join()
+                self._on_exit(worker)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Handle every message waiting in the worker's pipe."""
+        conn = worker.conn
+        try:
+            while conn is not None and conn.poll():
+                self._handle(worker, conn.recv())
+        except (EOFError, OSError, pickle.UnpicklingError):  # the worker is gone (maybe mid-send)
+            conn.close()
+            worker.conn = None
+
+    def _handle(self, worker: _Worker, message: tuple) -> None:
+        kind = message[0]
+        worker.last_report = time.monotonic()
+        if kind == "stats":
+            with self._lock:
+                _merge_report(worker.live, message[1])
+        elif kind == "log":
+            record = logging.makeLogRecord(message[1])
+            record.msg, record.args = f"[producer {worker.index}] {record.msg}", None
+            logging.getLogger(record.name).handle(record)
+        elif kind == "error":
+            worker.ended = message[1]
+        elif kind == "done":
+            worker.finished = True
+
+    def _retire_stats(self, worker: _Worker) -> None:
+        """Fold the ended incarnation's counters into the worker's past ones."""
+        with self._lock:
+            worker.past, worker.live = combine_stats([worker.past, worker.live]), ProducerStats()
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """A worker process ended: note it, then restart it or fail the pool."""
+        self._retire_stats(worker)
+        if worker.conn is not None:
+            worker.conn.close()
+            worker.conn = None
+        if self._stopping.is_set():
+            return
+        if worker.finished and worker.ended is None:
+            logger.info("producer %d finished: its source ran out", worker.index)
+            return
+        ended = worker.ended or WorkerError(_exit_text(worker.process.exitcode))
+        abandoned = self._buffer.abandon_writes(worker.index)
+        where = f"producer {worker.index} (pid {worker.process.pid})"
+        if ended.fatal or worker.restarts >= self.settings.max_restarts:
+            why = "not restarted: it would fail again" if ended.fatal else (
+                f"not restarted: {worker.restarts} restarts used (max_restarts)")
+            logger.error("%s failed: %s; %s%s", where, ended.text, why, _indent(ended.traceback))
+            self._fail(_exception(ended), f"{where} failed: {ended.text} ({why})")
+            return
+        worker.restarts += 1
+        logger.error("%s died: %s; restarting it (%d/%d)%s%s", where, ended.text,
+                     worker.restarts, self.settings.max_restarts,
+                     f"; {abandoned} half-written slot(s) abandoned" if abandoned else "",
+                     _indent(ended.traceback))
+        self._spawn(worker)
+
+    def _check_heartbeats(self) -> None:
+        """Kill a worker silent for too long; `_on_exit` then restarts it."""
+        now = time.monotonic()
+        for worker in self._workers:
+            if not worker.alive or worker.ended is not None:
+                continue
+            if worker.last_report is None:
+                silent, limit = now - worker.started, self.settings.startup_timeout_s
+            else:
+                silent, limit = now - worker.last_report, self.settings.heartbeat_timeout_s
+            if silent > limit:
+                worker.ended = WorkerError(f"no heartbeat for {silent:.1f} s (hung); killed")
+                logger.warning("producer %d sent no report for %.1f s: killing it", worker.index,
+                               silent)
+                worker.process.kill()
+
+    def _fail(self, error: BaseException, text: str) -> None:
+        self._error_text = text
+        self._error = error
+
+    def _shutdown(self) -> None:
+        """Stop every worker: "stop" first, SIGTERM after `stop_timeout_s`, then SIGKILL."""
+        self._stopping.set()  # also after a failure: a worker ending now is not restarted
+        for worker in self._workers:
+            if worker.alive and worker.conn is not None:
+                try:
+                    worker.conn.send("stop")
+                except OSError:
+                    pass
+        deadline = time.monotonic() + self._stop_timeout_s
+        while any(w.alive for w in self._workers) and time.monotonic() < deadline:
+            self._poll(0.1)  # keep draining: a worker blocked on a full pipe never exits
+        for worker in self._workers:
+            if worker.alive:
+                logger.warning("producer %d did not stop in %.1f s: terminating it",
+                               worker.index, self._stop_timeout_s)
+                _terminate(worker.process)
+            if worker.conn is not None:
+                self._drain(worker)
+                if worker.conn is not None:
+                    worker.conn.close()
+                    worker.conn = None
+        for worker in self._workers:
+            self._retire_stats(worker)
+
+
+def _merge_report(live: ProducerStats, report: ProducerStats) -> None:
+    """Fold a worker report (cumulative totals, changed videos only) into its live counters."""
+    live.total, live.skipped_videos = report.total, report.skipped_videos
+    live.source_stats, live.last_error = report.source_stats, report.last_error
+    live.per_video.update(report.per_video)
+
+
+def _exception(ended: WorkerError) -> BaseException:
+    """The worker's own exception when it unpickles, with its traceback as the cause."""
+    exc: BaseException | None = None
+    if ended.exception is not None:
+        try:
+            exc = pickle.loads(ended.exception)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = ProducerFailedError(ended.text)
+    if ended.traceback:
+        exc.__cause__ = _RemoteTraceback(ended.traceback)
+    return exc
+
+
+def _indent(text: str) -> str:
+    """A worker's traceback as an indented block under the parent's log line ("" if none)."""
+    return "".join(f"\n    {line}" for line in text.rstrip().splitlines())
+
+
+def _exit_text(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by signal {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode} without reporting an error"
+
+
+def _terminate(process: multiprocessing.process.BaseProcess) -> None:
+    process.terminate()
+    process.join(2.0)
+    if process.exitcode is None:
+        process.kill()
+        process.join(2.0)
