@@ -112,10 +112,12 @@ def test_concurrent_writers_and_readers_in_processes_never_see_a_torn_sample(sto
         buffer.wait_for(buffer.capacity, 30.0)  # children are up and writing
         rows = torn = 0
         writers = set()
-        while any(p.is_alive() for p in procs[:2]):  # this process reads too, meanwhile
-            batch = buffer.sample(16)
+        deadline = time.monotonic() + 20 * seconds  # a stuck child fails the test, never hangs it
+        while any(p.is_alive() for p in procs[:2]) and time.monotonic() < deadline:
+            batch = buffer.sample(16)  # this process reads too, meanwhile
             rows, torn = rows + 16, torn + _torn_rows(batch, storage)
             writers.update(batch["writer"].tolist())
+        assert receive.poll(max(deadline - time.monotonic(), 1.0)), "reader child sent nothing"
         child_rows, child_torn = receive.recv()
         for p in procs:
             p.join(10)

@@ -14,9 +14,8 @@ from typing import Any, Callable, Iterable
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric
 
-from train.metrics import MeanPoseBaseline, mpjpe, pa_mpjpe
+from train.metrics import MeanPoseBaseline, PoseErrorMetric, metric_dict, mpjpe
 from train.student import PoseStudent, StudentOutput
 
 logger = logging.getLogger(__name__)
@@ -24,6 +23,15 @@ logger = logging.getLogger(__name__)
 Batch = dict[str, Tensor]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def image_to_float(image: Tensor) -> Tensor:
+    """Crops as the student takes them: uint8 `[B, 3, S, S]` in [0, 255] -> float32 in [0, 1].
+
+    Float input is assumed to be in [0, 1] already and passes through unchanged. Training,
+    `train.evaluate`, `train.predict` and the exported models all go through here.
+    """
+    return image if image.is_floating_point() else image.float().div_(255.0)
 
 
 def masked_l1(pred: Tensor, target: Tensor, vis: Tensor) -> Tensor:
@@ -46,9 +54,11 @@ class PoseDistillModule(L.LightningModule):
     Loss: `loss_3d_weight` x masked L1 on 3D (metres) + `loss_2d_weight` x masked L1 on 2D divided
     by S (so it is a fraction of the crop and does not depend on the crop size).
 
-    Validation logs, each pooled over every visible joint of the whole val set:
-    `val/mpjpe_mm`, `val/pa_mpjpe_mm` and `val/mean_pose_mpjpe_mm`, the error of always
-    predicting the mean training target (the bar the student has to clear).
+    Validation logs, each pooled over every visible joint of the whole val set
+    (`train.metrics.metric_dict`, the keys `train.evaluate` writes too): `val/mpjpe_mm`,
+    `val/pa_mpjpe_mm`, `val/pck3d_150` (percent within 150 mm), `val/mpjpe_mm/<joint>` for
+    every joint seen visible, `val/mean_pose_mpjpe_mm`, the error of always predicting the mean
+    training target (the bar the student has to clear), and `val/mpjpe_vs_mean_pose`.
 
     Args:
         net: the student.
@@ -81,7 +91,7 @@ class PoseDistillModule(L.LightningModule):
         self.net, self.augment = net, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mean_pose = MeanPoseBaseline()
-        self.val_mpjpe, self.val_pa_mpjpe, self.val_mean_pose = (MeanMetric() for _ in range(3))
+        self.val_student, self.val_mean_pose = PoseErrorMetric(), PoseErrorMetric()
 
     def forward(self, image: Tensor) -> StudentOutput:
         """`[B, 3, S, S]` floats in [0, 1] -> `StudentOutput` (`[B, J, 3]` m, `[B, J, 2]` px)."""
@@ -89,10 +99,7 @@ class PoseDistillModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 crops become float in [0, 1] here, on the device (DESIGN.md: images)."""
-        image = batch["image"]
-        if not image.is_floating_point():
-            batch = {**batch, "image": image.float().div_(255.0)}
-        return batch
+        return {**batch, "image": image_to_float(batch["image"])}
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         """Forward `batch` and return `loss`, `loss_3d`, `loss_2d` and `mpjpe` (metres)."""
@@ -124,24 +131,16 @@ class PoseDistillModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         gt, vis = batch["kpts3d"], batch["visibility"]
         pred = self.net(batch["image"]).kpts3d
-        mean = self.mean_pose.mean().to(gt).expand_as(gt)
-        # MeanMetric(value, weight) pools sum(err * vis) / sum(vis) over all batches (and ranks).
-        for metric, p, fn in (
-            (self.val_mpjpe, pred, mpjpe),
-            (self.val_pa_mpjpe, pred, pa_mpjpe),
-            (self.val_mean_pose, mean, mpjpe),
-        ):
-            metric.update(fn(p, gt, vis, reduction="none"), vis)
+        self.val_student.update(pred, gt, vis)
+        self.val_mean_pose.update(self.mean_pose.mean().to(gt).expand_as(gt), gt, vis)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {
-            "val/mpjpe_mm": self.val_mpjpe,
-            "val/pa_mpjpe_mm": self.val_pa_mpjpe,
-            "val/mean_pose_mpjpe_mm": self.val_mean_pose,
-        }
-        self.log_dict({k: 1000.0 * m.compute() for k, m in metrics.items()}, prog_bar=True)
-        for m in metrics.values():
-            m.reset()
+        values = metric_dict(self.val_student.compute(), self.val_mean_pose.compute(), "val")
+        headline = ("val/mpjpe_mm", "val/pa_mpjpe_mm", "val/pck3d_150", "val/mean_pose_mpjpe_mm")
+        self.log_dict({k: values.pop(k) for k in headline}, prog_bar=True)
+        self.log_dict(values)  # ratio and per-joint errors: logs only, not the progress bar
+        self.val_student.reset()
+        self.val_mean_pose.reset()
 
     def configure_optimizers(self) -> Any:
         """The optimizer over all parameters, and the scheduler stepped every optimizer step.

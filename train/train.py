@@ -32,6 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from labeler.base import TeacherUnavailableError
 from train.callbacks import BufferTelemetry, CheckpointOnException, stream_telemetry
+from train.panels import SkeletonPanels
+from train.redact import redacted_config
+from train.throughput import StudentThroughput
 from video_sources.pexels import configured_api_key
 
 logger = logging.getLogger(__name__)
@@ -92,11 +95,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_last=True,
     )
     loggers = make_loggers(cfg.get("logger"))
+    hparams = redacted_config(cfg)  # the only config a logger sees: resolved, secrets masked
+    for lg in loggers:
+        lg.log_hyperparams(hparams)
     callbacks: list[Callback] = [
-        checkpoint, BufferTelemetry(), CheckpointOnException(checkpoint.dirpath)
+        checkpoint, BufferTelemetry(), CheckpointOnException(checkpoint.dirpath),
+        *logger_callbacks(cfg.get("logger"), loggers),
     ]
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
@@ -238,7 +243,21 @@ def make_loggers(cfg: DictConfig | None) -> list[Logger]:
     """The experiment logger of the `logger` group, or none (`logger=none`, `_target_: null`)."""
     if not cfg or cfg.get("_target_") is None:
         return []
-    return [instantiate(cfg)]
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("log_images", None)  # a callback option (see `logger_callbacks`)
+    return [instantiate(kwargs)]
+
+
+def logger_callbacks(cfg: DictConfig | None, loggers: list[Logger]) -> list[Callback]:
+    """Callbacks that only matter with a logger: the learning rate, the student's samples/s
+    (`train.throughput`) and, if `cfg.log_images`, the W&B skeleton panels (`train.panels`,
+    which write val crops into the wandb run folder)."""
+    if not loggers:
+        return []
+    callbacks: list[Callback] = [LearningRateMonitor(logging_interval="step"), StudentThroughput()]
+    if cfg.get("log_images"):
+        callbacks.append(SkeletonPanels())
+    return callbacks
 
 
 def _check_schedule(trainer_cfg: DictConfig) -> None:
