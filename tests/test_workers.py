@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from data.producer import ProducerFailedError
-from data.ring_buffer import BufferStarvedError, RingBuffer
+from data.ring_buffer import BufferStarvedError, RingBuffer, video_key
 from data.shared import SEGMENT_PREFIX, SHM_DIR
 from data.workers import ProducerPool, ProducerSettings
 from labeler.base import TeacherUnavailableError
@@ -144,7 +144,10 @@ def test_workers_of_a_rank_label_their_own_shards():
             snap = buffer.snapshot()
             pids = pool.pids
         assert not pool.is_alive and all(not _running(pid) for pid in pids)
-        k = np.array([_video_index(buffer.video_id(key)) for key in snap["video_key"]])
+    # ids through the workers' reports: by now they may have overwritten the snapshot's slots,
+    # so `buffer.video_id` could no longer find them
+    ids = {video_key(v): v for v in pool.stats.per_video}
+    k = np.array([_video_index(ids[key]) for key in snap["video_key"].tolist()])
     # shard = rank * workers + worker = 2 + writer, of world_size * workers = 4
     assert set(snap["writer"]) == {0, 1} and np.all(k % 4 == 2 + snap["writer"])
     reported = {_video_index(v) % 4 for v in pool.stats.per_video}  # counters of both workers
