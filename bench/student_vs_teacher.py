@@ -8,6 +8,9 @@
   size S (conf/buffer/default.yaml), in eval mode under `torch.inference_mode()`, on uint8 crops
   `[B, 3, S, S]` made float in [0, 1] inside the timed region (as training does on its device);
   `--student-frames` frames per pass at each batch size B.
+- exported student: the same network exported by `train.export` to ONNX (uint8 input) and run by
+  ONNX Runtime on the CPU with as many intra-op threads as torch: what a user deploys, and the
+  counterpart of MediaPipe, which runs on its own optimised runtime (TFLite with XNNPACK).
 - teacher: MediaPipe (conf/labeler/mediapipe.yaml) on whole frames decoded beforehand at the
   training max_side (conf/source/local.yaml), one video in order after a reset: video mode,
   tracking the person from frame to frame, as in training. MediaPipe has no batch mode, so its
@@ -25,6 +28,7 @@ prediction or a detector), which MediaPipe's time includes.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import torch
@@ -96,6 +100,7 @@ def run(video: Path, *, batch_sizes: list[int], student_frames: int, max_side: i
         "teacher_frames": len(frames), "crop_size": s,
         "student_params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
         "student_frames": {b: timings[_student(b)].items for b in batch_sizes},
+        "onnxruntime_threads": torch.get_num_threads(),
         "torch_threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup,
     }
     return Report("student_vs_teacher", "student frames/s vs teacher frames/s", settings, rows,
@@ -103,28 +108,60 @@ def run(video: Path, *, batch_sizes: list[int], student_frames: int, max_side: i
 
 
 def _student_sides(net: PoseStudent, batch_sizes: list[int], frames: int) -> dict:
-    """One timed side per batch size B: ceil(frames / B) passes on fixed random uint8 crops."""
+    """Two timed sides per batch size B, torch and ONNX Runtime: ceil(frames / B) passes each
+    on the same fixed random uint8 crops."""
     gen = torch.Generator().manual_seed(0)
+    session = onnx_session(net)
     sides = {}
     for b in batch_sizes:
         s = net.crop_size
         crops = torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=gen)
         passes = math.ceil(frames / b)
         sides[_student(b)] = lambda crops=crops, passes=passes: student_pass(net, crops, passes)
+        sides[_student(b, ORT)] = lambda crops=crops.numpy(), passes=passes: onnx_pass(
+            session, crops, passes)
     return sides
 
 
-def _student(batch_size: int) -> str:
-    return f"student batch {batch_size}"
+def onnx_session(net: PoseStudent):
+    """An ONNX Runtime CPU session of `net` exported as `train.export` does (uint8 input),
+    using as many intra-op threads as torch. The file lives in a temporary directory only
+    while the session is built."""
+    import onnxruntime as ort
+
+    from train.export import ExportableStudent, export_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "student.onnx"
+        export_onnx(ExportableStudent(net, "uint8"), path, opset=18, metadata={})
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_pass(session, crops, passes: int) -> int:
+    """`passes` ONNX Runtime runs on uint8 crops `[B, 3, S, S]` (numpy); returns frames."""
+    name = session.get_inputs()[0].name
+    for _ in range(passes):
+        session.run(None, {name: crops})
+    return passes * crops.shape[0]
+
+
+ORT = "onnxruntime"
+
+
+def _student(batch_size: int, runtime: str = "torch") -> str:
+    return f"student batch {batch_size}" + ("" if runtime == "torch" else f" ({runtime})")
 
 
 def _rows(timings: dict[str, Timing], batch_sizes: list[int], crop_size: int, metric: str,
           unit: str, suffix: str) -> list[Row]:
     """Student at each batch size against the teacher, in one `Timing` throughput metric."""
     teacher = getattr(timings[TEACHER], metric)
-    return [Row(f"batch {b}{suffix}", f"student (S={crop_size})",
-                getattr(timings[_student(b)], metric), TEACHER, teacher, unit,
-                TARGET if b == 1 else None) for b in batch_sizes]
+    return [Row(f"batch {b}{suffix}", f"student (S={crop_size}, {runtime})",
+                getattr(timings[_student(b, runtime)], metric), TEACHER, teacher, unit,
+                TARGET if b == 1 else None)
+            for b in batch_sizes for runtime in ("torch", ORT)]
 
 
 _NOTES = [

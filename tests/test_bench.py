@@ -192,11 +192,14 @@ def test_student_vs_teacher_bench_measures_both_at_each_batch_size(capsys, keep_
     argv = FAST + ["--max-frames", "2", "--student-frames", "3", "--batch-sizes", "1", "2",
                    "--torch-threads", "1"]
     report = _run_json(student_vs_teacher.main, argv, capsys)
-    _check_structure(report, "student_vs_teacher", 4)
+    _check_structure(report, "student_vs_teacher", 8)
     cases = ["batch 1", "batch 2", "batch 1 [CPU]", "batch 2 [CPU]"]
-    assert [r["case"] for r in report["rows"]] == cases
+    assert [r["case"] for r in report["rows"]] == [c for c in cases for _ in range(2)]
+    assert [r["ours"]["name"].split(", ")[1] for r in report["rows"][:2]] == [
+        "torch)", "onnxruntime)"]  # the network in training's runtime and as deployed
     assert all(r["ours"]["median"] > 0 for r in report["rows"])
-    assert [r["target"] for r in report["rows"]] == [">= 10", None, ">= 10", None]
+    assert [r["target"] for r in report["rows"]] == [">= 10"] * 2 + [None] * 2 + [
+        ">= 10"] * 2 + [None] * 2
     # 3 frames: 3 passes at batch 1, rounded up to 2 whole batches (4 frames) at batch 2.
     assert report["settings"]["student_frames"] == {"1": 3, "2": 4}
     assert report["machine"]["torch_threads"] == 1 == report["settings"]["torch_threads"]
