@@ -10,29 +10,41 @@ field, 0.13 ms for 32 raw 128 px crops (measured on 2 cores), which DataLoader w
 slow down with a second copy and a pickle per batch. JPEG decoding costs 2.4 ms per 32 crops at
 128 px and 8.6 ms at 256 px: there `loader_workers` moves it into DataLoader processes that
 attach to the shared buffer. Augmentation runs on the training device in the module.
+
+Under Lightning DDP every rank has its own buffer and producers, on its own shards of the stream
+(`data.workers.worker_shard`), and validates its share of the same frozen val set.
+
+Resuming: `state_dict` (saved in every checkpoint) lists the training videos used so far;
+`load_state_dict` makes the sources skip them. Lightning restores it after `setup` and before
+`train_dataloader`, so the stream starts in the latter. The ring buffer is never saved (it holds
+crops): a resumed run refills it from the stream.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from data.dataset import BufferDataset, FrozenDataset
 from data.producer import Producer, ProducerFailedError, ProducerStats, label_stream
 from data.ring_buffer import BufferStarvedError, RingBuffer
 from data.storage import make_storage
-from data.workers import ProducerPool, ProducerSettings, shard_kwargs
+from data.workers import ProducerPool, ProducerSettings, shard_kwargs, worker_shard
 from labeler.base import Teacher
 from video_sources.base import VideoSource
 
 logger = logging.getLogger(__name__)
+
+USED_VIDEOS_KEY = "train_videos_used"  # in `state_dict`: {"<shard>/<num_shards>": [video ids]}
 
 
 class EmptyValidationSetError(RuntimeError):
@@ -45,8 +57,8 @@ class StreamDataModule(L.LightningDataModule):
     Args:
         source: factory of video sources (e.g. a Hydra `_partial_`); called as
             `source(split="val", loop=False)` here and `source(split="train")` by each producer,
-            with `shard=..., num_shards=...` added when there are several producers or ranks.
-            Must be picklable for producer processes.
+            with `shard=..., num_shards=...` added when there are several producers or ranks,
+            and `skip_ids=...` after `load_state_dict`. Must be picklable for producer processes.
         teacher: factory of teachers; each call makes a new instance (one for validation, one
             per producer). Must be picklable for producer processes.
         capacity: ring buffer slots.
@@ -111,28 +123,37 @@ class StreamDataModule(L.LightningDataModule):
         self._train_dataset: BufferDataset | None = None
         self._val_set: dict[str, np.ndarray] | None = None
         self._val_video_ids: list[str] = []
+        self._used_before: dict[str, list[str]] = {}  # restored by load_state_dict
 
     # Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the validation set (fit, validate), then start and prime the producer (fit).
+        """Build the frozen validation set (fit, validate); safe to call more than once.
 
-        Safe to call more than once: finished parts are kept.
+        The training stream starts in `train_dataloader`: Lightning restores a checkpoint's
+        `load_state_dict` after `setup`, and the producers must know which videos to skip.
 
         Raises:
             EmptyValidationSetError: the val split gave no labelled person.
-            BufferStarvedError: the buffer did not reach `min_samples` in time, or the producer
-                died or ran out first (chained to the producer's exception, if any).
         """
         if stage in (None, "fit", "validate") and self._val_set is None:
             self._build_val()
-        if stage in (None, "fit") and self._producer is None:
-            self._start_train()
 
     def train_dataloader(self) -> DataLoader:
-        """Endless `[B, ...]` batches from the ring buffer (image uint8 `[B, 3, S, S]`)."""
-        if self._buffer is None:
+        """Endless `[B, ...]` batches from the ring buffer (image uint8 `[B, 3, S, S]`).
+
+        The first call starts the producers on this rank's shards of the stream, minus the
+        videos of a restored `state_dict`, and waits until the buffer holds `min_samples`.
+
+        Raises:
+            RuntimeError: before `setup('fit')`.
+            BufferStarvedError: the buffer did not reach `min_samples` in time, or the producer
+                died or ran out first (chained to the producer's exception, if any).
+        """
+        if self._val_set is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
+        if self._producer is None:
+            self._start_train()
         self._train_dataset = BufferDataset(self._buffer, self.batch_size, seed=self.seed)
         workers = self.loader_workers
         return DataLoader(self._train_dataset, batch_size=None, num_workers=workers,
@@ -140,12 +161,56 @@ class StreamDataModule(L.LightningDataModule):
                           persistent_workers=workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        """The frozen validation set in order, `[B, ...]` batches (image uint8)."""
+        """The frozen validation set in order, `[B, ...]` batches (image uint8).
+
+        Under DDP, rank r of W gets samples r, r + W, ... of the set padded to a multiple of W
+        with copies whose visibility is 0, which no loss or metric counts. So every rank runs
+        the same number of batches, and metrics summed over ranks (torchmetrics' sync) equal
+        the single-process ones; Lightning's own sampler would pad with counted repeats.
+        """
         if self._val_set is None:
             raise RuntimeError("call setup('fit') or setup('validate') before val_dataloader()")
-        return DataLoader(
-            FrozenDataset(self._val_set), batch_size=self.batch_size, shuffle=False, num_workers=0
-        )
+        rank, world_size = self._rank()
+        dataset = FrozenDataset(_pad_invisible(self._val_set, world_size))
+        sampler = None if world_size == 1 else DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's cursor, for checkpoints: the videos used so far (metadata only).
+
+        Under DDP every rank must call it, as Lightning's checkpointing does: the ranks' ids are
+        gathered (`torch.distributed.all_gather_object`), so that one checkpoint holds them all.
+
+        Returns:
+            `{"train_videos_used": {"<shard>/<num_shards>": [video ids, sorted]}}`: the videos
+            this run's producers have started, by shard (`data.workers.worker_shard`; asked of
+            the producer processes at once, `ProducerPool.refresh_stats`), merged with those
+            restored.
+        """
+        used = _merge_used([self._used_before, self._used_by_shard()])
+        return {USED_VIDEOS_KEY: _merge_used(_all_gather(used))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Make the training sources skip every video `state_dict` lists (see `state_dict`).
+
+        The sources take them as `skip_ids`; with a new shard layout (more producers or ranks)
+        each still skips them all. The ring buffer is not restored: it refills from the stream.
+
+        Raises:
+            ValueError: a state without `train_videos_used` as a dict of lists of ids.
+            RuntimeError: the training stream has started: its videos may already repeat.
+        """
+        used = state_dict.get(USED_VIDEOS_KEY)
+        if not isinstance(used, dict) or not all(isinstance(v, list) for v in used.values()):
+            raise ValueError(f"datamodule state needs {USED_VIDEOS_KEY!r}: {{shard: [video ids]}}, "
+                             f"got {sorted(state_dict)}")
+        if self._producer is not None:
+            raise RuntimeError("load_state_dict after the training stream started")
+        self._used_before = _merge_used([used])
+        logger.info("resuming the stream: skipping %d training videos used before; the ring "
+                    "buffer is not in checkpoints (it holds crops) and refills from the stream",
+                    len(self._skip_ids()))
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Fail the step once the producers have failed for good (see `check_producers`)."""
@@ -259,13 +324,16 @@ class StreamDataModule(L.LightningDataModule):
     def _make_producer(self) -> Producer | ProducerPool:
         """Producer processes, or the in-process thread (`workers=0`), on this rank's shard."""
         rank, world_size = self._rank()
+        factory, skip = self._source_factory, self._skip_ids()
+        if skip:
+            factory = functools.partial(factory, skip_ids=skip)
         if self.producer_settings.workers > 0:
             return ProducerPool(
-                self._source_factory, self._teacher_factory, self._buffer, self.crop_size,
+                factory, self._teacher_factory, self._buffer, self.crop_size,
                 settings=self.producer_settings, rank=rank, world_size=world_size,
                 reads_per_overwrite=self.reads_per_overwrite,
             )
-        source = self._source_factory(split="train", **shard_kwargs(rank, world_size))
+        source = factory(split="train", **shard_kwargs(rank, world_size))
         return Producer(source, self._teacher_factory, self._buffer, self.crop_size,
                         reads_per_overwrite=self.reads_per_overwrite)
 
@@ -273,6 +341,25 @@ class StreamDataModule(L.LightningDataModule):
         """(global rank, world size) from the attached trainer; (0, 1) without one."""
         trainer = self.trainer
         return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+    def _skip_ids(self) -> frozenset[str]:
+        """Ids of the training videos a restored checkpoint had used, all shards together."""
+        return frozenset(v for ids in self._used_before.values() for v in ids)
+
+    def _used_by_shard(self) -> dict[str, list[str]]:
+        """Ids of the training videos this rank's producers streamed, by "<shard>/<num_shards>"."""
+        if self._producer is None:
+            return {}
+        rank, world_size = self._rank()
+        if isinstance(self._producer, ProducerPool):
+            if not self._producer.refresh_stats():
+                logger.warning("a producer did not report in time: its latest videos may be "
+                               "missing from the checkpoint's list")
+            workers, stats = self.producer_settings.workers, self._producer.worker_stats()
+        else:
+            workers, stats = 1, [self._producer.stats]
+        return {"%d/%d" % worker_shard(rank, w, workers, world_size): list(s.per_video)
+                for w, s in enumerate(stats)}
 
     def _wait_for_fill(self) -> None:
         """`buffer.wait_for(min_samples)` in short steps, drawing a progress bar."""
@@ -307,6 +394,37 @@ class StreamDataModule(L.LightningDataModule):
             f"{total.frames} frames, {total.persons} persons, {total.errors} teacher errors",
             have=exc.have, need=exc.need, elapsed_s=elapsed_s, reason=exc.reason,
         )
+
+
+def _merge_used(parts: list[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """Union of `{shard: [video ids]}` dicts, shard by shard, ids sorted."""
+    merged: dict[str, set[str]] = {}
+    for part in parts:
+        for shard, ids in part.items():
+            merged.setdefault(shard, set()).update(ids)
+    return {shard: sorted(ids) for shard, ids in sorted(merged.items())}
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """`obj` from every DDP rank, in rank order (a collective); `[obj]` outside DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _pad_invisible(arrays: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Fields `[N, ...]` padded to a multiple of `multiple` rows with copies of the first rows
+    whose `visibility` `[N, J]` is 0, so that no loss or metric counts them."""
+    n = len(arrays["visibility"])
+    pad = -n % multiple
+    if pad == 0:
+        return arrays
+    copies = np.arange(pad) % n
+    padded = {k: np.concatenate([v, v[copies]]) for k, v in arrays.items()}
+    padded["visibility"][n:] = 0
+    return padded
 
 
 def _empty_val_message(stats: ProducerStats) -> str:

@@ -72,6 +72,11 @@ class ProducerSettings:
             raise ValueError("heartbeat and timeout settings must be > 0 seconds")
 
 
+def worker_shard(rank: int, worker: int, workers: int, world_size: int) -> tuple[int, int]:
+    """(shard, num_shards) of producer `worker` of `workers` on DDP rank `rank` of `world_size`."""
+    return rank * workers + worker, world_size * workers
+
+
 def shard_kwargs(shard: int, num_shards: int) -> dict[str, int]:
     """Source keyword arguments for one shard; none when there is only one (any source works)."""
     return {} if num_shards == 1 else {"shard": shard, "num_shards": num_shards}
@@ -160,7 +165,8 @@ class _LogForwarder(logging.Handler):
 
 
 class _Heartbeat(threading.Thread):
-    """Reports the worker's counters every `every_s` and watches the pipe for "stop".
+    """Reports the worker's counters every `every_s`, and at once on any other message from the
+    parent ("report": `ProducerPool.refresh_stats`); watches the pipe for "stop".
 
     Reports carry only the per-video counters that changed since the last one, so a long stream
     of short videos does not make each report longer. On "stop" (or the parent's death) it sets
@@ -278,6 +284,7 @@ class _Worker:
     restarts: int = 0
     started: float = 0.0
     last_report: float | None = None
+    last_stats: float | None = None  # when its last counters arrived
     ended: WorkerError | None = None  # why the current incarnation ended, if it said
     finished: bool = False  # its source ran out (a clean end, not restarted)
 
@@ -429,6 +436,27 @@ class ProducerPool:
         with self._lock:
             return [combine_stats([w.past, w.live]) for w in self._workers]
 
+    def refresh_stats(self, timeout_s: float = 5.0) -> bool:
+        """Have every running worker report its counters now, rather than within `heartbeat_s`
+        (e.g. the videos used, for a checkpoint); wait at most `timeout_s` for them.
+
+        Returns:
+            True when every worker that had reported answered in time (or none runs).
+        """
+        if self._monitor.ident is None or self._stopping.is_set():
+            return True  # not started, or stopping: the counters are what they will be
+        asked = time.monotonic()
+        try:
+            self._wake_w.send_bytes(b"report")  # the monitor thread asks: it owns the pipes
+        except OSError:  # closed by a concurrent stop
+            return True
+        while time.monotonic() - asked < timeout_s:
+            if not any(w.alive and w.last_stats is not None and w.last_stats < asked
+                       for w in self._workers):
+                return True
+            time.sleep(0.005)
+        return False
+
     def failure_reason(self) -> str | None:
         """Why no more samples will come, or None while the workers run (or were stopped).
 
@@ -446,11 +474,11 @@ class ProducerPool:
 
     def _spawn(self, worker: _Worker) -> None:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        shard = self.rank * self.settings.workers + worker.index
+        shard, num_shards = worker_shard(self.rank, worker.index, self.settings.workers,
+                                         self.world_size)
         spec = WorkerSpec(
             source=self._source, teacher=self._teacher, buffer=self._buffer.handle,
-            crop_size=self._crop_size, shard=shard,
-            num_shards=self.world_size * self.settings.workers,
+            crop_size=self._crop_size, shard=shard, num_shards=num_shards,
             reads_per_overwrite=self._reads_per_overwrite, heartbeat_s=self.settings.heartbeat_s,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
@@ -468,7 +496,8 @@ class ProducerPool:
         finally:
             child_end.close()  # the child holds its own copy: EOF here means the child is gone
         worker.process, worker.conn, worker.started = process, parent_end, time.monotonic()
-        worker.last_report, worker.ended, worker.finished = None, None, False
+        worker.last_report, worker.last_stats = None, None
+        worker.ended, worker.finished = None, False
         logger.info("producer %d started (pid %d, shard %d of %d)", worker.index, process.pid,
                     shard, spec.num_shards)
 
@@ -492,7 +521,10 @@ class ProducerPool:
         ready = wait([*by_object, self._wake_r], timeout_s)
         for obj in ready:
             if obj is self._wake_r:
-                self._wake_r.recv_bytes()  # consumed, or every later wait returns at once
+                # Consumed, or every later wait returns at once. Any message but "stop" makes
+                # a worker's heartbeat report at once (see `_Heartbeat.run`).
+                if self._wake_r.recv_bytes() == b"report":
+                    self._send_all("report")
                 continue
             worker = by_object[obj]
             self._drain(worker)
@@ -516,6 +548,7 @@ class ProducerPool:
         if kind == "stats":
             with self._lock:
                 _merge_report(worker.live, message[1])
+            worker.last_stats = worker.last_report
         elif kind == "log":
             record = logging.makeLogRecord(message[1])
             record.msg, record.args = f"[producer {worker.index}] {record.msg}", None
@@ -577,15 +610,19 @@ class ProducerPool:
         self._error_text = text
         self._error = error
 
-    def _shutdown(self) -> None:
-        """Stop every worker: "stop" first, SIGTERM after `stop_timeout_s`, then SIGKILL."""
-        self._stopping.set()  # also after a failure: a worker ending now is not restarted
+    def _send_all(self, message: str) -> None:
+        """Send `message` to every running worker (monitor thread only)."""
         for worker in self._workers:
             if worker.alive and worker.conn is not None:
                 try:
-                    worker.conn.send("stop")
-                except OSError:
+                    worker.conn.send(message)
+                except OSError:  # it is dying: its sentinel will tell
                     pass
+
+    def _shutdown(self) -> None:
+        """Stop every worker: "stop" first, SIGTERM after `stop_timeout_s`, then SIGKILL."""
+        self._stopping.set()  # also after a failure: a worker ending now is not restarted
+        self._send_all("stop")
         deadline = time.monotonic() + self._stop_timeout_s
         while any(w.alive for w in self._workers) and time.monotonic() < deadline:
             self._poll(0.1)  # keep draining: a worker blocked on a full pipe never exits

@@ -27,7 +27,7 @@ def test_every_group_has_its_options():
     assert _options("source") == ["local", "pexels", "synthetic"]
     assert _options("labeler") == ["auto", "comotion", "mediapipe", "oracle"]
     assert _options("logger") == ["csv", "none", "wandb"]
-    assert _options("trainer") == ["cpu", "default"]
+    assert _options("trainer") == ["cpu", "ddp", "default"]
     assert {"demo", "mediapipe_local"} <= set(_options("experiment"))
 
 
@@ -83,7 +83,7 @@ def test_buffer_builds_the_datamodule_without_starting_it(tmp_path):
     dm = instantiate(cfg.buffer, source=instantiate(cfg.source), teacher=instantiate(cfg.labeler))
     assert isinstance(dm, L.LightningDataModule)
     assert (dm.crop_size, dm.batch_size, dm.capacity) == (128, cfg.buffer.batch_size, 64)
-    assert dm.buffer is None  # no producer thread until setup("fit")
+    assert dm.buffer is None  # no producer until train_dataloader()
 
 
 def test_model_builds_and_predicts(tmp_path):
@@ -97,11 +97,12 @@ def test_model_builds_and_predicts(tmp_path):
     assert optim["lr_scheduler"]["scheduler"].total_steps == cfg.trainer.max_steps
 
 
-@pytest.mark.parametrize("option", ["default", "cpu"])
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp"])
 def test_trainer(tmp_path, option):
     cfg = _compose(tmp_path, f"trainer={option}")
     trainer = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False)
     assert isinstance(trainer, L.Trainer) and trainer.max_steps == cfg.trainer.max_steps
+    assert trainer.world_size == (2 if option == "ddp" else 1)
 
 
 def test_csv_logger_writes_into_the_run_folder(tmp_path):

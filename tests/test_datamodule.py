@@ -101,18 +101,21 @@ def _no_leaked_threads():
     assert not _producer_threads(), "a test left a producer thread running"
 
 
-def test_setup_freezes_val_and_primes_the_buffer():
+def test_setup_freezes_val_and_the_train_loader_primes_the_buffer():
     calls = []
     dm = _module(_source_factory(calls))
     try:
         dm.setup("fit")
+        assert calls == [("val", False)]  # the stream starts after a checkpoint's restore
+        dm.train_dataloader()
         assert calls == [("val", False), ("train", True)]
         assert dm.val_video_ids == ["val-0", "val-1", "val-2"]  # 4 + 4 + 2 = val_max_samples
         assert len(dm.val_dataloader().dataset) == 10
         assert len(dm.buffer) >= 32
         assert dm.train_video_ids_seen and not set(dm.train_video_ids_seen) & set(dm.val_video_ids)
         assert dm.producer_stats.total.samples_pushed >= 32 and dm.producer_failure is None
-        dm.setup("fit")  # Lightning may call it again: nothing is rebuilt
+        dm.setup("fit")  # Lightning may call them again: nothing is rebuilt
+        dm.train_dataloader()
         assert len(calls) == 2
     finally:
         dm.teardown("fit")
@@ -139,6 +142,7 @@ def test_loaders_give_batches_of_the_right_shapes_and_dtypes():
 def test_teardown_stops_the_producer_thread():
     dm = _module(_source_factory([]))
     dm.setup("fit")
+    dm.train_dataloader()
     assert len(_producer_threads()) == 1
     dm.teardown("fit")
     assert not _producer_threads()
@@ -153,9 +157,10 @@ def test_an_empty_val_split_is_a_clear_error():
 
 def test_a_train_source_that_yields_nothing_fails_fast():
     dm = _module(_source_factory([], empty=("train",)), start_timeout_s=30.0)
+    dm.setup("fit")
     t0 = time.monotonic()
     with pytest.raises(BufferStarvedError, match="source ran out after 0 frames"):
-        dm.setup("fit")
+        dm.train_dataloader()
     assert time.monotonic() - t0 < 5.0
 
 
@@ -163,22 +168,24 @@ def test_a_teacher_that_finds_nobody_times_out():
     teacher = functools.partial(FakeTeacher, lambda f: "none" if f.video.id.startswith("train")
                                 else None)
     dm = _module(_source_factory([]), teacher, start_timeout_s=0.5)
+    dm.setup("fit")
     t0 = time.monotonic()
     with pytest.raises(BufferStarvedError, match=r"0/32 samples: timeout.*0 persons") as err:
-        dm.setup("fit")
+        dm.train_dataloader()
     assert 0.5 <= time.monotonic() - t0 < 4.0 and err.value.reason is None
 
 
-def test_an_unavailable_teacher_fails_setup_at_once():
+def test_an_unavailable_teacher_fails_the_stream_at_once():
     def behaviour(frame):
         if frame.video.id.startswith("train"):
             raise TeacherUnavailableError("CoMotion weights missing: run setup")
 
     dm = _module(_source_factory([]), functools.partial(FakeTeacher, behaviour),
                  start_timeout_s=60.0)
+    dm.setup("fit")
     t0 = time.monotonic()
     with pytest.raises(BufferStarvedError, match="CoMotion weights missing") as err:
-        dm.setup("fit")
+        dm.train_dataloader()
     assert time.monotonic() - t0 < 5.0
     assert isinstance(err.value.__cause__, TeacherUnavailableError)
 
@@ -250,6 +257,7 @@ def test_real_footage_is_split_by_video():
     dm = _module(source, min_samples=12, val_max_samples=8)
     try:
         dm.setup("fit")
+        dm.train_dataloader()
         batch = next(iter(dm.val_dataloader()))
     finally:
         dm.close()
@@ -283,8 +291,9 @@ def test_producer_processes_fill_a_shared_jpeg_buffer_and_close_it():
                           storage="jpeg", producer=ProducerSettings(workers=2, heartbeat_s=0.2))
     try:
         dm.setup("fit")
+        loader = dm.train_dataloader()
         assert dm.buffer.shared and len(_our_segments()) == 1
-        batch = next(iter(dm.train_dataloader()))
+        batch = next(iter(loader))
         dm.check_producers()  # healthy: no error
     finally:
         dm.close()

@@ -1,13 +1,19 @@
-"""Training callbacks: ring-buffer telemetry, and a checkpoint when training dies or is stopped."""
+"""Training callbacks: ring-buffer telemetry, a checkpoint when training dies or is stopped, and
+the LR schedule of a resumed run."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch.optim.lr_scheduler import LRScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -104,30 +110,122 @@ class BufferTelemetry(L.Callback):
 
 
 class CheckpointOnException(L.Callback):
-    """Saves `<dirpath>/<filename>` when `fit` raises, Ctrl-C included.
+    """Saves `<dirpath>/<filename>` when training is stopped by Ctrl-C or dies; resumable with
+    `ckpt_path`.
 
-    Lightning calls `on_exception` before it shuts down, whereas code after `trainer.fit()` may
-    never run on an interrupt (PITFALLS.md, Lightning).
+    Ctrl-C during training does not raise: the SIGINT handler installed from `on_train_start`
+    to `on_train_end` only asks for a stop. At the end of the current step the ranks agree on
+    it (`reduce_boolean_decision`: under DDP one scalar all-reduce per step, so that one rank's
+    Ctrl-C stops them all at the same step), save the checkpoint together and set
+    `trainer.should_stop`, so `fit` returns normally (after the validation Lightning runs on an
+    early stop) with `interrupted` set. A second Ctrl-C raises KeyboardInterrupt at once.
+
+    An exception (or Ctrl-C outside the training loop, e.g. while the buffer fills) is saved
+    from `on_exception`, which Lightning calls before it shuts down, whereas code after
+    `trainer.fit()` may never run (PITFALLS.md, Lightning). Not under DDP: a checkpoint is a
+    collective (the datamodule gathers every rank's videos, `save_checkpoint` ends in a
+    barrier), and ranks that fail at different points would wait on each other forever (seen
+    with gloo); `last.ckpt` of the last validation is the one to resume from there.
 
     Args:
         dirpath: folder for the checkpoint (created if needed).
         filename: checkpoint file name.
+
+    Attributes:
+        saved: the checkpoint written, or None.
+        interrupted: True once a Ctrl-C stopped training.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted.ckpt") -> None:
         self.path = Path(dirpath) / filename
         self.saved: Path | None = None
+        self.interrupted = False
+        self._requested = False
+        self._handler: Any = None  # the SIGINT handler to restore; None while ours is not set
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requested = False
+        if threading.current_thread() is threading.main_thread():  # where signals are handled
+            self._handler = signal.signal(signal.SIGINT, self._request_stop) or signal.SIG_DFL
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self._requested, all=False):
+            return
+        self._restore_handler()
+        self.interrupted, trainer.should_stop = True, True
+        self._save(trainer, "Ctrl-C")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.global_step == 0:
-            return  # nothing learnt yet
+        self._restore_handler()
+        if trainer.global_step == 0 or self.saved is not None:
+            return  # nothing learnt yet, or saved on Ctrl-C already
+        if trainer.world_size > 1:
+            logger.warning("%s on rank %d at step %d: no checkpoint under DDP; resume from "
+                           "last.ckpt", type(exception).__name__, trainer.global_rank,
+                           trainer.global_step)
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
-            self.saved = self.path
-            logger.warning("%s at step %d: saved %s", type(exception).__name__,
-                           trainer.global_step, self.path)
+            self._save(trainer, type(exception).__name__)
         except Exception:  # never hide the original exception
             logger.exception("could not save a checkpoint after %r", exception)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._requested = True
+        logger.warning("Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
+                       "to abort at once)")
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
+            self._handler = None
+
+    def _save(self, trainer: L.Trainer, why: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
+        self.saved = self.path
+        logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.path)
+
+
+class ScheduleOnResume(L.Callback):
+    """A resumed run follows its own config's LR schedule, from the restored step.
+
+    Lightning restores each scheduler's state from the checkpoint, its length included:
+    OneCycleLR's `total_steps` is the first run's `max_steps` and stepping past it raises, so a
+    run resumed with a larger `max_steps` would fail. Instead this callback keeps the state that
+    `configure_optimizers` built from the current config and steps it to the restored global
+    step: with an unchanged `max_steps` that is exactly the checkpoint's state; with a larger
+    one the schedule stretches to the new length. Optimizer states (AdamW moments and step
+    counts, base learning rates) stay as restored. Handles step-interval `LRScheduler`s; others
+    keep the checkpoint's state.
+    """
+
+    def __init__(self) -> None:
+        self._fresh: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Between configure_optimizers and the restore of the checkpoint's scheduler states.
+        configs = trainer.lr_scheduler_configs
+        self._fresh = [copy.deepcopy(c.scheduler.state_dict()) for c in configs]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None or trainer.global_step == 0:
+            return
+        for config, fresh in zip(trainer.lr_scheduler_configs, self._fresh):
+            scheduler = config.scheduler
+            if config.interval != "step" or not isinstance(scheduler, LRScheduler):
+                continue
+            scheduler.load_state_dict(fresh)
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(trainer.global_step // config.frequency):
+                    scheduler.step()
+            logger.info("resumed LR schedule %s at step %d: lr %s", type(scheduler).__name__,
+                        trainer.global_step, scheduler.get_last_lr())

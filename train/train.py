@@ -3,10 +3,13 @@
     python -m train.train                                  # the demo (synthetic + oracle, CPU)
     python -m train.train experiment=mediapipe_local       # ../shared/videos + MediaPipe
     stream-pose-train trainer.max_steps=500 logger=wandb   # any override
+    python -m train.train trainer=ddp                      # DDP, one stream shard per rank
+    python -m train.train ckpt_path=runs/<run>/checkpoints/last.ckpt trainer.max_steps=3000
 
 Everything a run writes goes to its folder (`paths.output_dir`, by default `runs/<time>/` in the
-repository): Hydra's config, `checkpoints/`, the logger's files and `summary.json`. Never video,
-frames or crops.
+repository): Hydra's config, `checkpoints/`, the logger's files, `summary.json` (rank 0) and
+`train_videos_rank<r>.json` (the training video ids each rank used). Never video, frames or
+crops. Ctrl-C saves `checkpoints/interrupted.ckpt` and exits with status 130.
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from labeler.base import TeacherUnavailableError
-from train.callbacks import BufferTelemetry, CheckpointOnException, stream_telemetry
+from train.callbacks import (
+    BufferTelemetry,
+    CheckpointOnException,
+    ScheduleOnResume,
+    stream_telemetry,
+)
 from train.panels import SkeletonPanels
 from train.redact import redacted_config
 from train.throughput import StudentThroughput
@@ -43,10 +53,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 MONITOR = "val/mpjpe_mm"
 KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 
 
 class SecretInConfigError(ValueError):
     """An API key in the config or a command-line override, where Hydra would save it."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `fit`; the message names the checkpoint saved (if any) and how to resume."""
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """`ckpt_path` names no file."""
+
 
 # `${repo_root:}` in the configs: paths there mean the same from any working directory.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
@@ -61,13 +81,20 @@ OmegaConf.register_new_resolver(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the student as `cfg` says and write `<cfg.paths.output_dir>/summary.json`.
 
-    The producer is stopped and the logger finished whatever happens; on an exception or Ctrl-C,
-    `CheckpointOnException` saves `checkpoints/interrupted.ckpt` and the summary is still written
-    (with `status` "failed" or "interrupted") before the exception propagates.
+    The producer is stopped and the logger finished whatever happens. Ctrl-C stops training at
+    the end of the current step and `CheckpointOnException` saves `checkpoints/interrupted.ckpt`
+    (as on a crash, except under DDP); the summary is still written (with `status` "failed" or
+    "interrupted") before the exception propagates.
+
+    With `cfg.ckpt_path`, Lightning restores the step count, optimizer, callbacks and the
+    datamodule's stream cursor (its videos are skipped); `ScheduleOnResume` keeps the LR
+    schedule of `cfg`. Under DDP (`trainer=ddp`) every rank runs this function: rank 0 writes
+    the summary, each rank its `train_videos_rank<r>.json`.
 
     Args:
-        cfg: the composed config (conf/config.yaml): groups source, labeler, buffer, model,
-            trainer, logger, and `seed`, `paths.output_dir`.
+        cfg: the composed config (conf/config.yaml): groups source, labeler, buffer, producer,
+            model, trainer, logger, and `seed`, `ckpt_path`, `torch_threads`,
+            `paths.output_dir`.
 
     Returns:
         The summary dict (see `run_summary`).
@@ -75,14 +102,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         SecretInConfigError: an `api_key` in `cfg` or the key in a Hydra override, before
             anything is written.
+        CheckpointNotFoundError: `cfg.ckpt_path` is not a file, before anything is written.
+        TrainingInterrupted: on Ctrl-C, after the checkpoint and the summary were written.
+        ValueError: a DDP strategy that re-runs the command line, outside the Hydra CLI.
     """
     refuse_keys(cfg, _hydra_overrides())
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    set_torch_threads(cfg.get("torch_threads"))
     _check_schedule(cfg.trainer)
 
     datamodule = instantiate(cfg.buffer, source=instantiate(cfg.source),
@@ -98,29 +128,77 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hparams = redacted_config(cfg)  # the only config a logger sees: resolved, secrets masked
     for lg in loggers:
         lg.log_hyperparams(hparams)
+    saver = CheckpointOnException(checkpoint.dirpath)
     callbacks: list[Callback] = [
-        checkpoint, BufferTelemetry(), CheckpointOnException(checkpoint.dirpath),
+        checkpoint, BufferTelemetry(), saver, ScheduleOnResume(),
         *logger_callbacks(cfg.get("logger"), loggers),
     ]
     trainer: L.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
+    _check_launch(trainer)
+    set_torch_threads(cfg.get("torch_threads"), ranks=trainer.world_size,
+                      producers=max(1, datamodule.producer_settings.workers))
 
-    finished, start = False, time.monotonic()
+    status, start = "failed", time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule)
-        finished = not trainer.interrupted
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        status = "interrupted" if saver.interrupted else "completed"  # see CheckpointOnException
+    except SystemExit as exc:
+        if not trainer.interrupted:
+            raise
+        # Ctrl-C outside the training loop, or a second one: Lightning raised KeyboardInterrupt
+        # and answered it with sys.exit(1) once the callbacks' on_exception ran.
+        status = "interrupted"
+        raise TrainingInterrupted(_interrupted_message(trainer, saver)) from exc
     finally:
         datamodule.close()
-        # Lightning turns Ctrl-C into SystemExit after its callbacks ran; the summary still counts.
-        status = "completed" if finished else "interrupted" if trainer.interrupted else "failed"
+        record_train_videos(run_dir, trainer, datamodule)
         summary = run_summary(trainer, datamodule, checkpoint, run_dir,
                               teacher=_teacher_name(cfg.labeler), status=status,
                               wall_time_s=time.monotonic() - start)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if trainer.is_global_zero:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _finish(loggers)
-    logger.info("summary: %s", run_dir / "summary.json")
+    if status == "interrupted":
+        raise TrainingInterrupted(_interrupted_message(trainer, saver))
+    if trainer.is_global_zero:
+        logger.info("summary: %s", run_dir / "summary.json")
     return summary
+
+
+def resume_checkpoint(path: str | os.PathLike | None) -> Path | None:
+    """The checkpoint named by `ckpt_path`, made absolute (relative paths: the working directory).
+
+    Raises:
+        CheckpointNotFoundError: no file at that path.
+    """
+    if path is None:
+        return None
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise CheckpointNotFoundError(
+            f"ckpt_path={path}: no checkpoint at {resolved}; give a run's "
+            "checkpoints/last.ckpt (or interrupted.ckpt)")
+    return resolved
+
+
+def record_train_videos(run_dir: Path, trainer: L.Trainer, datamodule: Any) -> Path:
+    """Write and log the training video ids this rank streamed (metadata only).
+
+    Writes `<run_dir>/train_videos_rank<r>.json`: `{"rank": r, "world_size": W, "videos":
+    [ids in order of arrival]}`. Ranks stream disjoint shards, so the files never share an id.
+
+    Returns:
+        The file's path.
+    """
+    rank, ids = trainer.global_rank, list(getattr(datamodule, "train_video_ids_seen", []))
+    path = run_dir / f"train_videos_rank{rank}.json"
+    record = {"rank": rank, "world_size": trainer.world_size, "videos": ids}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("rank %d of %d streamed %d training videos%s (%s)", rank, trainer.world_size,
+                len(ids), f": {ids[0]} ... {ids[-1]}" if ids else "", path.name)
+    return path
 
 
 def run_summary(
@@ -222,19 +300,25 @@ def _hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def set_torch_threads(n: int | None) -> int:
-    """Set torch's intra-op CPU threads; None leaves one core free for the producer thread.
+def set_torch_threads(n: int | None, *, ranks: int = 1, producers: int = 1) -> int:
+    """Set torch's intra-op CPU threads of this process (one DDP rank).
 
-    Measured on 2 cores with the demo: 2 torch threads beside the busy producer thread ran 200
-    steps in 121 s, 1 thread in 30 s (the OpenMP workers and the producer fight over the cores).
+    None splits the usable cores among `ranks` processes and leaves one core per producer
+    (thread or process) of each: `max(1, cores // ranks - producers)`. Measured on 2 cores with
+    the demo: 2 torch threads beside the busy producer thread ran 200 steps in 121 s, 1 thread
+    in 30 s (the OpenMP workers and the producer fight over the cores). With `ranks` > 1 it also
+    sets OMP_NUM_THREADS, without which Lightning's DDP launcher resets the count to
+    cores / ranks.
 
     Returns:
         The thread count now in use.
     """
     if n is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        n = max(1, (cores or 1) - 1)
+        n = max(1, (cores or 1) // max(ranks, 1) - producers)
     torch.set_num_threads(int(n))
+    if ranks > 1:
+        os.environ["OMP_NUM_THREADS"] = str(n)
     logger.info("torch intra-op threads: %d", torch.get_num_threads())
     return torch.get_num_threads()
 
@@ -258,6 +342,28 @@ def logger_callbacks(cfg: DictConfig | None, loggers: list[Logger]) -> list[Call
     if cfg.get("log_images"):
         callbacks.append(SkeletonPanels())
     return callbacks
+
+
+def _check_launch(trainer: L.Trainer) -> None:
+    """Refuse Lightning's `ddp` re-launch where there is no command line to re-run.
+
+    Its ranks > 0 re-run `sys.argv` (with the Hydra run folder added under the Hydra CLI): from
+    train(cfg) in Python (a test, a notebook) that would run the caller's program again.
+
+    Raises:
+        ValueError: a subprocess-launched DDP strategy outside the Hydra CLI and torchrun.
+    """
+    launcher = trainer.strategy.launcher
+    if (isinstance(launcher, _SubprocessScriptLauncher) and not HydraConfig.initialized()
+            and not launcher.cluster_environment.creates_processes_externally):
+        raise ValueError("strategy=ddp starts ranks > 0 by re-running the command line: start "
+                         "DDP runs with `python -m train.train trainer=ddp ...` (or torchrun)")
+
+
+def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException) -> str:
+    where = (f"saved {saver.saved}; resume with ckpt_path={saver.saved}" if saver.saved
+             else "no checkpoint saved (nothing learnt yet)")
+    return f"interrupted at step {trainer.global_step}: {where}"
 
 
 def _check_schedule(trainer_cfg: DictConfig) -> None:
@@ -312,10 +418,22 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     # Intended: the module, not the datamodule, turns uint8 crops into floats on the device.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    # Under DDP: the val metrics are torchmetrics states, summed over ranks before they are logged.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
     try:
         s = train(cfg)
     except TeacherUnavailableError as exc:  # a set-up problem, not a bug: no traceback
         sys.exit(f"error: the teacher cannot run here: {exc}")
+    except CheckpointNotFoundError as exc:
+        sys.exit(f"error: {exc}")
+    except KeyboardInterrupt as exc:  # TrainingInterrupted, or Ctrl-C before fit
+        if rank_zero_only.rank != 0:
+            # Lightning's DDP launcher kills every rank once one exits non-zero: rank 0 reports.
+            sys.exit(0)
+        print(str(exc) or "interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    if rank_zero_only.rank != 0:  # DDP: rank 0 reports the run
+        return
     print(
         f"done: {s['steps']} steps, val MPJPE {_mm(s[MONITOR])} "
         f"(best {_mm(s['best_val_mpjpe_mm'])}, PA {_mm(s['val/pa_mpjpe_mm'])}, "

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -57,6 +57,11 @@ class LocalSource:
         timeout_s: requests timeout (connect, and each read) for URLs, in seconds.
         shard, num_shards: keep only the split's videos with `in_shard(id, shard, num_shards)`,
             so that several producers stream disjoint videos that together make the split.
+        skip_ids: ids of videos used already in the current pass (a resumed run's, see
+            `StreamDataModule.load_state_dict`): the first pass leaves them out. Later passes
+            of a looped list stream every video again; when all were used, the first pass is
+            empty and a looped source starts a full pass at once (without `loop`, it yields
+            nothing).
 
     Video ids (`VideoRef.id`) are the file stem, or the last URL path part without extension;
     a repeated id gets "-2", "-3", ... in input order. Frames carry `K = None` (unknown).
@@ -85,6 +90,7 @@ class LocalSource:
         timeout_s: float = 30.0,
         shard: int = 0,
         num_shards: int = 1,
+        skip_ids: Iterable[str] = (),
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
         _check_options(split, val_fraction, max_bytes, timeout_s)
@@ -98,6 +104,7 @@ class LocalSource:
             )
         self.frameskip, self.max_frames, self.max_side = frameskip, max_frames, max_side
         self.loop, self.max_bytes, self.timeout_s = loop, max_bytes, timeout_s
+        self.skip_ids = frozenset(skip_ids)
         self.stats = SourceStats()
         self._unreadable: set[str] = set()  # uris skipped once, not retried
         self._session: requests.Session | None = None
@@ -113,17 +120,22 @@ class LocalSource:
             RuntimeError: when `loop` is set and a whole pass yields no frame (every video is
                 unreadable), instead of spinning forever.
         """
+        skip = self.skip_ids & set(self.video_ids())  # the first pass only
+        if skip:
+            logger.info("skipping %d of %d videos, used before: %s", len(skip),
+                        len(self._videos), ", ".join(sorted(skip)))
         while True:
             frames_before_pass = self.stats.frames
             for video in self._videos:
-                if video.uri not in self._unreadable:
+                if video.uri not in self._unreadable and video.id not in skip:
                     # yield from: closing this iterator early also closes the video's decoder.
                     yield from self._video_frames(video)
             if not self.loop:
                 return
-            if self.stats.frames == frames_before_pass:
+            if self.stats.frames == frames_before_pass and not skip:  # a full pass, all failed
                 uris = ", ".join(video.uri for video in self._videos)
                 raise RuntimeError(f"no readable video in {uris}")
+            skip = set()
 
     def close(self) -> None:
         """Close the HTTP session; the source can still be iterated (a new one opens)."""

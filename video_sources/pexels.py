@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import requests
 from dotenv import dotenv_values
@@ -44,6 +44,7 @@ DEFAULT_API_BASE = "https://api.pexels.com"
 KEY_ENV = "PEXELS_API_KEY"
 API_URL_ENV = "PEXELS_API_URL"
 LICENCE = "Pexels License"  # https://www.pexels.com/license/
+ID_PREFIX = "pexels-"  # VideoRef.id is "pexels-<Pexels id>"
 MAX_PER_PAGE = 80  # Pexels API documentation: per_page "Max: 80"
 _QUALITY_RANK = {"hd": 0, "sd": 1}  # preferred qualities within the width range; others after
 
@@ -448,6 +449,9 @@ class PexelsSource:
         shard, num_shards: use only the videos of this shard (`video_sources.local.in_shard`
             on the id), so that several producers fetch disjoint videos; `n` counts the
             shard's own. Each shard queries the API itself: the quota is shared.
+        skip_ids: ids (`pexels-<id>`) of videos used already, e.g. by the run a resumed one
+            continues (`StreamDataModule.load_state_dict`): never fetched, like those listed
+            in the manifest.
         manifest_path: JSON-lines manifest (metadata only); None keeps none. For split "train"
             or "val" the split name goes before the suffix (`run/pexels_manifest.jsonl` ->
             `run/pexels_manifest.train.jsonl`), so the two sources of one run keep apart; "all"
@@ -498,6 +502,7 @@ class PexelsSource:
         time_limit_s: float = 300.0,
         shard: int = 0,
         num_shards: int = 1,
+        skip_ids: Iterable[str] = (),
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
         check_shard(shard, num_shards)
@@ -521,6 +526,7 @@ class PexelsSource:
         # Ids not to record again; train and "all" also skip them (see the class docstring).
         self._recorded: set[int] = set(listed)
         self._seen: set[int] = set() if split == "val" else listed  # used, failed, other split
+        self._seen |= _pexels_numbers(skip_ids)
         self._next_page: dict[str | None, int | None] = {q: 1 for q in self.queries}
         self._pending: dict[str | None, deque[PexelsVideo]] = {q: deque() for q in self.queries}
 
@@ -691,8 +697,14 @@ def read_manifest_ids(path: Path | None) -> set[int]:
     return ids
 
 
+def _pexels_numbers(video_ids: Iterable[str]) -> set[int]:
+    """Pexels ids of `pexels-<id>` video ids; ids of other sources are ignored."""
+    numbers = (v[len(ID_PREFIX):] for v in video_ids if v.startswith(ID_PREFIX))
+    return {int(n) for n in numbers if n.isdigit()}
+
+
 def _video_id(video: PexelsVideo) -> str:
-    return f"pexels-{video.id}"
+    return f"{ID_PREFIX}{video.id}"
 
 
 def _video_ref(video: PexelsVideo) -> VideoRef:

@@ -23,7 +23,7 @@ import colorsys
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -518,6 +518,8 @@ class SyntheticSource:
             student never sees the same clip twice); ignored for val and test.
         shard, num_shards: yield only videos with `k % num_shards == shard`, so that several
             producers can split one stream without overlap.
+        skip_ids: video ids (`synth-<split>-<k>`) not to yield, e.g. those a resumed run used
+            before (`StreamDataModule.load_state_dict`); they are skipped without rendering.
 
     Raises:
         ValueError: on an unknown split or out-of-range argument.
@@ -539,6 +541,7 @@ class SyntheticSource:
         loop: bool = True,
         shard: int = 0,
         num_shards: int = 1,
+        skip_ids: Iterable[str] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -553,6 +556,7 @@ class SyntheticSource:
         self.split, self.num_videos, self.frames_per_video = split, num_videos, frames_per_video
         self.seed, self.max_people, self.fps, self.loop = seed, max_people, float(fps), loop
         self.shard, self.num_shards = shard, num_shards
+        self.skip_ids = frozenset(skip_ids)
         self.stats = SourceStats()
         self._closed = False
 
@@ -563,7 +567,7 @@ class SyntheticSource:
         for k in indices:
             if self._closed:
                 return
-            if k % self.num_shards != self.shard:
+            if k % self.num_shards != self.shard or video_id(self.split, k) in self.skip_ids:
                 continue
             self.stats.videos_ok += 1
             for frame in self.video(k):
@@ -603,7 +607,7 @@ class SyntheticSource:
         m = _NOISE_MARGIN
         log.debug("%s-%04d: %dx%d, f=%.0f px, %d people", self.split, k, h, w, f, n_people)
         return _Video(
-            ref=VideoRef(id=f"synth-{self.split}-{k:04d}", kind=self.kind),
+            ref=VideoRef(id=video_id(self.split, k), kind=self.kind),
             K=K.astype(np.float32),
             background=_render_background(rng, h, w),
             noise=rng.integers(0, 2 * amplitude + 1, (h + m, w + m, 3), dtype=np.uint8),
@@ -630,6 +634,11 @@ class SyntheticSource:
             image=image, index=t, time_s=t / self.fps, video=video.ref, K=video.K.copy(),
             truth=truth,
         )
+
+
+def video_id(split: str, k: int) -> str:
+    """Id of video k of a split, e.g. `synth-train-0007` (`VideoRef.id`)."""
+    return f"synth-{split}-{k:04d}"
 
 
 def _truth(
