@@ -19,6 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from proctools import session_pids
 from shared_paths import REPO
 
 from data.shared import SEGMENT_PREFIX, SHM_DIR
@@ -42,19 +43,6 @@ def _compose(*overrides: str):
         return compose("config", overrides=[*TINY, *overrides])
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes of session `sid` (Linux /proc): ranks, producers, resource trackers."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> SimpleNamespace:
     """A 2-rank CPU (gloo) run of the real CLI in its own session: its folder, exit status,
@@ -69,13 +57,13 @@ def ddp_run(tmp_path_factory) -> SimpleNamespace:
     deadline = time.monotonic() + 240
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            pids.update(_session_pids(proc.pid))
+            pids.update(session_pids(proc.pid))
             time.sleep(0.2)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    while _session_pids(proc.pid) and time.monotonic() < deadline:  # rank 1 ends on its own
+    while session_pids(proc.pid) and time.monotonic() < deadline:  # rank 1 ends on its own
         time.sleep(0.2)
     return SimpleNamespace(run_dir=run_dir, returncode=proc.returncode, out=out, err=err,
                            pids=pids, sid=proc.pid)
@@ -100,7 +88,7 @@ def test_two_ranks_train_on_disjoint_videos_and_leave_nothing_behind(ddp_run):
     assert set(used) == {"0/2", "1/2"}  # rank 0's checkpoint holds both ranks' shards
     assert set(used["1/2"]) <= videos[1] and used["1/2"]
     assert len(ddp_run.pids) >= 4  # 2 ranks and their producers: the census saw them
-    assert not _session_pids(ddp_run.sid), "processes left behind"
+    assert not session_pids(ddp_run.sid), "processes left behind"
     leftovers = [p.name for p in Path(SHM_DIR).glob(f"{SEGMENT_PREFIX}*")
                  if int(p.name[len(SEGMENT_PREFIX):].split("_")[0]) in ddp_run.pids]
     assert not leftovers

@@ -18,6 +18,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from pexels_fake import FakePexels
+from proctools import session_pids
 from shared_paths import REPO, VIDEOS
 
 from data.datamodule import StreamDataModule
@@ -110,23 +111,10 @@ def test_a_missing_checkpoint_is_refused_before_anything_is_written(tmp_path):
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes of session `sid` (Linux /proc): a run, its producers, its resource tracker."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def _session_ended(sid: int, timeout_s: float = 20.0) -> bool:
     """Wait until session `sid` has no process left (helpers exit just after their parent)."""
     deadline = time.monotonic() + timeout_s
-    while _session_pids(sid):
+    while session_pids(sid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -148,7 +136,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         while not (run_dir / "checkpoints" / "last.ckpt").exists():  # the first steps are done
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.1)
-        pids = _session_pids(proc.pid)
+        pids = session_pids(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         out, err = proc.communicate(timeout=60)
     finally:
