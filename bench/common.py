@@ -368,19 +368,21 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
-def make_parser(description: str, *, video: Path = DEFAULT_VIDEO, repeats: int = 3
-                ) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark takes: --video, --repeats, --warmup,
-    --json."""
+def make_parser(description: str, *, video: Path = DEFAULT_VIDEO, repeats: int = 3,
+                warmup: int = 1, timed: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: --video, --repeats, --warmup
+    (timed benchmarks only), --json."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--video", type=Path, default=video,
                         help="video file to benchmark on (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=repeats,
-                        help="timed rounds; each side's median is reported (default: %(default)s)")
-    parser.add_argument("--warmup", type=non_negative_int, default=1,
-                        help="untimed rounds before timing (default: %(default)s)")
+    if timed:
+        parser.add_argument("--repeats", type=positive_int, default=repeats,
+                            help="timed rounds; each side's median is reported "
+                                 "(default: %(default)s)")
+        parser.add_argument("--warmup", type=non_negative_int, default=warmup,
+                            help="untimed rounds before timing (default: %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the Markdown table")
     return parser

@@ -1,4 +1,5 @@
-"""The labelling loop and its thread: stats, resets, error handling, stopping, failure reasons."""
+"""The labelling loop and its thread: stats, resets, error handling, stopping, failure reasons,
+and decoding ahead of the teacher (data.prefetch)."""
 
 import importlib.util
 import logging
@@ -8,13 +9,16 @@ import time
 import numpy as np
 import pytest
 
+from data.prefetch import PrefetchIterator
 from data.producer import (
     LOGGED_ERRORS_PER_VIDEO,
+    PREFETCH_FRAMES,
     SKIP_AFTER_FAILURES,
     LabelStats,
     Producer,
     ProducerStats,
     combine_stats,
+    default_prefetch,
     label_stream,
 )
 from data.ring_buffer import BufferStarvedError, RingBuffer
@@ -307,3 +311,219 @@ def test_a_crop_too_large_for_its_jpeg_slot_is_rejected_not_fatal():
     buffer = RingBuffer(50, 64, storage="jpeg", jpeg_slot_bytes=1024)
     stats = label_stream(FakeSource([("v", 3)]), FakeTeacher(), buffer, 64)
     assert stats.total.frames == 3 and stats.total.rejected == 3 and len(buffer) == 0
+
+
+# Decoding ahead (data.prefetch) inside label_stream
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "stream-pose-decode"]
+
+
+def _eventually(condition, timeout_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return condition()
+
+
+class TracedSource(FakeSource):
+    """A FakeSource that records which thread iterates it and when its iterator is closed."""
+
+    def __init__(self, videos, fail_after=None, **kwargs):
+        super().__init__(videos, **kwargs)
+        self.fail_after, self.yielded, self.threads = fail_after, 0, set()
+        self.iterator_closed_in = None
+
+    def __iter__(self):
+        try:
+            for frame in super().__iter__():
+                self.threads.add(threading.current_thread().name)
+                if self.yielded == self.fail_after:
+                    raise OSError("disk on fire")
+                self.yielded += 1
+                yield frame
+        finally:
+            self.iterator_closed_in = threading.current_thread().name
+
+
+def test_prefetch_keeps_the_order_and_decodes_in_its_own_thread():
+    source = TracedSource([("a", 4), ("b", 3)], repeats=2)
+    teacher = FakeTeacher()
+    stats = label_stream(source, teacher, RingBuffer(64, S), S, prefetch_frames=2)
+    labelled = [e[1:] for e in teacher.events if e[0] == "label"]
+    assert labelled == [(v, i) for v, n in [("a", 4), ("b", 3)] * 2 for i in range(n)]
+    assert stats.total.frames == 14 and teacher.events.count(("reset",)) == 4
+    assert source.threads == {"stream-pose-decode"}
+    assert source.iterator_closed_in == "stream-pose-decode"
+    assert 0 <= stats.total.source_wait_s <= stats.total.wall_s
+    assert _decode_threads() == []
+
+
+def test_serial_mode_decodes_in_the_callers_thread():
+    source = TracedSource([("a", 3)])
+    label_stream(source, FakeTeacher(), RingBuffer(8, S), S, prefetch_frames=0)
+    assert source.threads == {threading.current_thread().name}
+    assert source.iterator_closed_in == threading.current_thread().name
+
+
+class LockstepTeacher(FakeTeacher):
+    """Labels frame k < last only once the source has started on frame k + 1 (or times out)."""
+
+    def __init__(self, source, last):
+        super().__init__()
+        self.source, self.last, self.overlapped = source, last, []
+
+    def label(self, frame):
+        deadline = time.monotonic() + 2.0
+        while (frame.index < self.last and not self._next_started(frame)
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
+        self.overlapped.append(self._next_started(frame))
+        return super().label(frame)
+
+    def _next_started(self, frame):
+        return self.source.started > frame.index + 1
+
+
+class CountingSource(FakeSource):
+    """Counts frames it has started to produce (`started`), before yielding each."""
+
+    def __init__(self, videos, **kwargs):
+        super().__init__(videos, **kwargs)
+        self.started = 0
+
+    def __iter__(self):
+        for frame in super().__iter__():
+            self.started += 1
+            yield frame
+
+
+def test_decoding_overlaps_the_teacher():
+    source = CountingSource([("v", 6)])
+    teacher = LockstepTeacher(source, last=5)
+    label_stream(source, teacher, RingBuffer(16, S), S, prefetch_frames=2)
+    # every frame but the last had its successor under way while the teacher held it
+    assert teacher.overlapped == [True] * 5 + [False]
+
+
+def test_prefetch_reads_at_most_depth_frames_ahead():
+    source = CountingSource([("v", 50)])
+    with PrefetchIterator(source, depth=3) as frames:
+        next(frames)
+        # the thread fills the queue, then blocks on the frame after: one taken, 3 + 1 ahead
+        assert _eventually(lambda: source.started == 1 + 3 + 1)
+        time.sleep(0.1)
+        assert source.started == 1 + 3 + 1
+        assert [f.index for f in frames] == list(range(1, 50))
+    assert not frames.thread_alive
+
+
+def test_a_source_error_surfaces_in_the_consumer_and_no_thread_is_left():
+    source = TracedSource([("v", 10)], fail_after=4)
+    teacher = FakeTeacher()
+    with pytest.raises(OSError, match="disk on fire"):
+        label_stream(source, teacher, RingBuffer(16, S), S, prefetch_frames=2)
+    assert sum(e[0] == "label" for e in teacher.events) == 4  # the frames before the error
+    assert source.iterator_closed_in == "stream-pose-decode"
+    assert _decode_threads() == []
+
+
+def test_leaving_early_closes_the_source_iterator_and_joins_the_thread():
+    source = TracedSource([("v", 100)])
+    buffer = RingBuffer(16, S)
+    stats = label_stream(source, FakeTeacher(), buffer, S, max_samples=3, prefetch_frames=2)
+    assert stats.total.frames == 3 and source.yielded <= 3 + 2 + 1
+    assert source.iterator_closed_in == "stream-pose-decode" and _decode_threads() == []
+    teacher = FakeTeacher(fails=lambda f: f.index == 2, error=TeacherUnavailableError("gone"))
+    with pytest.raises(TeacherUnavailableError):
+        label_stream(TracedSource([("v", 100)]), teacher, buffer, S)
+    assert _decode_threads() == []
+
+
+def test_stop_ends_a_slow_stream_within_a_frame():
+    source = FakeSource([("v", 100)], delay_s=0.2)  # a slow source: 0.2 s per frame
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    stats = label_stream(source, FakeTeacher(), RingBuffer(16, S), S, stop=stop)
+    assert stats.total.frames <= 2 and _decode_threads() == []
+
+
+def test_a_source_blocked_past_the_join_timeout_is_logged_and_left_to_end(monkeypatch, caplog):
+    monkeypatch.setattr("data.prefetch.JOIN_TIMEOUT_S", 0.1)
+    release = threading.Event()
+
+    def blocked():
+        yield "first"
+        release.wait(10.0)  # like a source resting until its owner closes it
+        yield "never seen"
+
+    stop = threading.Event()
+    frames = PrefetchIterator(blocked(), depth=2, stop=stop)
+    assert next(frames) == "first"
+    stop.set()
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="data.prefetch"):
+        assert list(frames) == []  # stop ends the wait although the source is blocked
+    assert time.monotonic() - t0 < 2.0 and "still inside the source" in caplog.text
+    assert frames.thread_alive
+    release.set()  # the owner wakes the source: the thread takes no further item and ends
+    assert _eventually(lambda: not frames.thread_alive)
+
+
+def test_producer_stop_is_prompt_while_decoding_ahead():
+    source = TracedSource([("a", 5), ("b", 5)], repeats=None)
+    buffer = RingBuffer(40, S)
+    producer = Producer(source, FakeTeacher, buffer, S)
+    producer.start()
+    buffer.wait_for(40, 10.0, abort=producer.failure_reason)
+    assert source.threads == {"stream-pose-decode"}
+    t0 = time.monotonic()
+    producer.stop(timeout_s=5.0)
+    assert time.monotonic() - t0 < 1.0 and not producer.is_alive
+    assert source.closed and _decode_threads() == []
+
+
+def test_prefetch_rejects_a_negative_or_zero_depth():
+    with pytest.raises(ValueError, match="prefetch_frames"):
+        label_stream(FakeSource([("v", 1)]), FakeTeacher(), RingBuffer(4, S), S,
+                     prefetch_frames=-1)
+    with pytest.raises(ValueError, match="depth"):
+        PrefetchIterator([], depth=0)
+
+
+class BlockedAfterFirstFrame(FakeSource):
+    """Yields one frame, then rests until `close()` (like a looping Pexels source)."""
+
+    def __init__(self):
+        super().__init__([("v", 1)])
+        self.woken = threading.Event()
+
+    def __iter__(self):
+        yield from super().__iter__()
+        self.woken.wait(10.0)
+
+    def close(self):
+        super().close()
+        self.woken.set()
+
+
+def test_ctrl_c_does_not_wait_for_a_resting_source():
+    source = BlockedAfterFirstFrame()
+    teacher = FakeTeacher(fails=lambda f: True, error=KeyboardInterrupt())
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        label_stream(source, teacher, RingBuffer(4, S), S)
+    assert time.monotonic() - t0 < 2.0  # not the 5 s join: the owner has to close the source
+    source.close()  # as pipeline.py does after Ctrl-C: the thread wakes and ends
+    assert _eventually(lambda: _decode_threads() == [])
+
+
+def test_sources_rendered_in_python_are_labelled_in_one_thread():
+    class PythonRendered(TracedSource):
+        kind = "synthetic"  # its frames hold the GIL: a decode thread would only contend
+
+    source = PythonRendered([("v", 3)])
+    label_stream(source, FakeTeacher(), RingBuffer(8, S), S)
+    assert source.threads == {threading.current_thread().name}
+    assert default_prefetch(source) == 0 and default_prefetch(FakeSource([])) == PREFETCH_FRAMES
