@@ -129,3 +129,17 @@ def test_export_without_checkpoint_or_with_an_unknown_format_says_so(tmp_path):
         export(missing)
     with pytest.raises(ValueError, match="format must be one of"):
         export(_config(tmp_path, "format=tflite"))
+
+
+@pytest.mark.slow
+def test_default_output_keeps_a_dotted_checkpoint_name(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / ".hydra", run / ".hydra")
+    (run / "checkpoints").mkdir()
+    ckpt = run / "checkpoints" / "step000006-mpjpe123.4.ckpt"  # ModelCheckpoint's naming
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", ckpt)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("export", overrides=[f"checkpoint={ckpt}", "format=torchscript"])
+    assert export(cfg).path == run / "export" / "step000006-mpjpe123.4.pt"

@@ -142,9 +142,10 @@ def export(cfg: DictConfig) -> ExportResult:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
     loaded = load_student(checkpoint, cfg.get("run_config"))
     model = ExportableStudent(loaded.net, cfg.dtype)
+    # stem + suffix, not with_suffix: "step006000-mpjpe91.9" would lose its ".9"
     path = Path(cfg.out) if cfg.get("out") else (
-        Path(loaded.run_config.paths.output_dir) / "export" / loaded.checkpoint.stem
-    ).with_suffix(FORMATS[cfg.format])
+        Path(loaded.run_config.paths.output_dir) / "export"
+        / f"{loaded.checkpoint.stem}{FORMATS[cfg.format]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = model_metadata(model, loaded.step)
     try:
