@@ -20,7 +20,6 @@ from typing import Callable, ContextManager, Generator, Iterable, Iterator
 
 from data.prefetch import PrefetchIterator
 from data.ring_buffer import RingBuffer
-from data.storage import CropTooLargeError
 from labeler.base import Teacher, TeacherUnavailableError
 from stream_pose.codec import crop_sample
 from stream_pose.types import Frame, PersonLabel
@@ -335,7 +334,7 @@ def _push_crops(
             continue
         try:
             buffer.push(sample)
-        except CropTooLargeError as exc:  # JPEG storage: over the slot budget at any quality
+        except ValueError as exc:  # JPEG over its slot budget, non-finite values after cropping
             _log_rejected(frame, exc)
             rejected += 1
             continue

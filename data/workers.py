@@ -34,7 +34,13 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from data.producer import ProducerFailedError, ProducerStats, combine_stats, label_stream
+from data.producer import (
+    ProducerFailedError,
+    ProducerStats,
+    _close_quietly,
+    combine_stats,
+    label_stream,
+)
 from data.ring_buffer import BufferHandle, RingBuffer
 from labeler.base import Teacher, TeacherUnavailableError
 from video_sources.base import VideoSource
@@ -260,13 +266,6 @@ def _error_report(exc: BaseException, fatal: bool) -> WorkerError:
         fatal=fatal or isinstance(exc, TeacherUnavailableError),
         exception=pickled,
     )
-
-
-def _close_quietly(obj: Any, what: str) -> None:
-    try:
-        obj.close()
-    except Exception:
-        logger.exception("closing the %s failed", what)
 
 
 # --- in the parent process ----------------------------------------------------------------------

@@ -58,11 +58,18 @@ class Ch:
         return self.r if dtype is None else self.r.astype(dtype)
 
 
+def _any_class(attr: str) -> type:
+    """Every public name of a shim module is `Ch`; dunders stay missing (inspect reads them)."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return Ch
+
+
 def _module(name: str) -> types.ModuleType:
     """A shim module whose every attribute is `Ch`, so any pickled chumpy class resolves."""
     module = types.ModuleType(name, "stream-pose's read-only chumpy shim (labeler.chumpy_compat)")
     module.Ch = Ch
-    module.__getattr__ = lambda attr: Ch  # PEP 562: e.g. chumpy.reordering.Select
+    module.__getattr__ = _any_class  # PEP 562: e.g. chumpy.reordering.Select
     setattr(module, SHIM_MARKER, True)
     return module
 

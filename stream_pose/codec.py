@@ -84,7 +84,7 @@ def make_label(
     rel[PELVIS] = 0.0
     return PersonLabel(
         track_id=int(track_id),
-        kpts2d=np.nan_to_num(kpts2d).astype(np.float32),
+        kpts2d=np.nan_to_num(kpts2d, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32),  # invisible
         kpts3d=rel,
         visibility=visibility,
         bbox_xyxy=bbox_from_kpts(kpts2d, visibility),

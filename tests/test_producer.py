@@ -24,6 +24,7 @@ from data.producer import (
 from data.ring_buffer import BufferStarvedError, RingBuffer
 from labeler.base import TeacherUnavailableError
 from stream_pose.camera import default_K
+from stream_pose.skeleton import PELVIS
 from stream_pose.codec import label_from_camera
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
@@ -311,6 +312,24 @@ def test_a_crop_too_large_for_its_jpeg_slot_is_rejected_not_fatal():
     buffer = RingBuffer(50, 64, storage="jpeg", jpeg_slot_bytes=1024)
     stats = label_stream(FakeSource([("v", 3)]), FakeTeacher(), buffer, 64)
     assert stats.total.frames == 3 and stats.total.rejected == 3 and len(buffer) == 0
+
+
+class WildTeacher(FakeTeacher):
+    """One person whose undefined joint has an absurd 2D position (a projection of a point
+    next to the camera plane, as a teacher's raw output can be): 1e38 px overflows to inf once
+    the crop scales it up."""
+
+    def label(self, frame):
+        (person,) = super().label(frame)
+        person.kpts2d[PELVIS + 5] = 1e38  # its visibility is already 0 (outside the frame)
+        person.visibility[PELVIS + 5] = 0.0
+        return [person]
+
+
+def test_a_sample_the_buffer_refuses_is_rejected_not_fatal():
+    buffer = RingBuffer(50, 256)
+    stats = label_stream(FakeSource([("v", 3)]), WildTeacher(), buffer, 256)
+    assert stats.total.frames == 3 and stats.total.rejected + stats.total.samples_pushed == 3
 
 
 # Decoding ahead (data.prefetch) inside label_stream

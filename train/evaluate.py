@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import hydra
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -190,8 +190,8 @@ def _class_attr(node: DictConfig, attr: str) -> str:
     """A class attribute (`kind` of a source, `name` of a teacher) of a config's `_target_`."""
     target = node.get("_target_", "")
     try:
-        return str(getattr(get_class(target), attr))
-    except Exception:  # a factory function, or a class without the attribute
+        return str(getattr(get_object(target), attr))
+    except Exception:  # not importable, or without the attribute
         return target
 
 

@@ -108,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     refuse_keys(cfg, _hydra_overrides())
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = Path(cfg.paths.output_dir).resolve()  # ModelCheckpoint keeps a realpath too
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
