@@ -37,7 +37,7 @@ import torch
 
 from labeler.base import Teacher
 from stream_pose.camera import apply_affine, crop_affine, square_box, warp_image
-from stream_pose.codec import CROP_MARGIN, in_frame
+from stream_pose.codec import CROP_MARGIN, bbox_from_kpts, in_frame
 from stream_pose.types import Frame
 from train.module import image_to_float
 from train.student import PoseStudent
@@ -222,7 +222,7 @@ class TopDownTracker:
         pts = person.kpts2d[person.tracked]
         if len(pts) < 2 or in_frame(pts, image_hw).mean() < self.min_joints_in_frame:
             return None
-        box = np.array([*pts.min(0), *pts.max(0)], dtype=np.float32)
+        box = bbox_from_kpts(person.kpts2d, person.tracked)
         scale = _longer_side(box) / track.teacher_side
         if not 1 / self.max_scale_change <= scale <= self.max_scale_change:
             return None
