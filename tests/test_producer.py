@@ -264,15 +264,16 @@ def test_synthetic_stream_with_the_oracle_fills_the_buffer():
 
 
 class RestingSource(FakeSource):
-    """Yields one video, then rests (like a looping Pexels source) until `close()`."""
+    """Yields one video of `frames`, then rests (like a looping Pexels source) until `close()`
+    or `rest_s`."""
 
-    def __init__(self):
-        super().__init__([("v", 3)])
-        self._woken = threading.Event()
+    def __init__(self, frames=3, rest_s=60.0):
+        super().__init__([("v", frames)])
+        self._woken, self._rest_s = threading.Event(), rest_s
 
     def __iter__(self):
         yield from super().__iter__()
-        self._woken.wait(60.0)
+        self._woken.wait(self._rest_s)
 
     def close(self):
         super().close()
@@ -511,24 +512,8 @@ def test_prefetch_rejects_a_negative_or_zero_depth():
         PrefetchIterator([], depth=0)
 
 
-class BlockedAfterFirstFrame(FakeSource):
-    """Yields one frame, then rests until `close()` (like a looping Pexels source)."""
-
-    def __init__(self):
-        super().__init__([("v", 1)])
-        self.woken = threading.Event()
-
-    def __iter__(self):
-        yield from super().__iter__()
-        self.woken.wait(10.0)
-
-    def close(self):
-        super().close()
-        self.woken.set()
-
-
 def test_ctrl_c_does_not_wait_for_a_resting_source():
-    source = BlockedAfterFirstFrame()
+    source = RestingSource(frames=1, rest_s=10.0)
     teacher = FakeTeacher(fails=lambda f: True, error=KeyboardInterrupt())
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
