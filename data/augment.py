@@ -22,12 +22,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stream_pose.skeleton import FLIP_PERM, NUM_JOINTS
+from stream_pose.skeleton import FLIP_PERM, JOINT_INDEX, NUM_JOINTS
 
 Batch = dict[str, Tensor]
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
+
+# Segments whose thick union approximates a person's silhouette for `background_swap`: limbs,
+# the torso's sides and diagonals, and the head. Joints a teacher lacks simply drop out.
+_SILHOUETTE = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in (
+    ("left_hip", "left_knee"), ("left_knee", "left_ankle"), ("left_ankle", "left_foot"),
+    ("right_hip", "right_knee"), ("right_knee", "right_ankle"), ("right_ankle", "right_foot"),
+    ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+    ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
+    ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
+    ("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
+    ("left_shoulder", "right_hip"), ("right_shoulder", "left_hip"),
+    ("nose", "left_ear"), ("nose", "right_ear"), ("left_ear", "right_ear"),
+    ("nose", "left_shoulder"), ("nose", "right_shoulder"),
+))
+SILHOUETTE_RADIUS = 0.06  # of the crop side: a limb's half-width in a crop of 1.25x the person
 
 
 def hflip(batch: Batch, mask: Tensor) -> Batch:
@@ -132,6 +147,66 @@ def color_jitter(
     return ((x - gray) * per_sample(saturation) + gray).clamp(0, 1)
 
 
+def skeleton_mask(kpts2d: Tensor, vis: Tensor, size: int, radius_px: float) -> Tensor:
+    """A rough person mask: pixels within `radius_px` of a visible silhouette segment.
+
+    Args:
+        kpts2d: `[B, J, 2]` crop pixels.
+        vis: `[B, J]` visibility; a segment counts when both its joints are visible.
+        size: S, the crop side.
+        radius_px: half-width of every segment, in crop pixels.
+
+    Returns:
+        `[B, 1, S, S]` float in {0, 1}; all zeros for a sample with no visible segment.
+    """
+    idx_a = torch.tensor([a for a, _ in _SILHOUETTE], device=kpts2d.device)
+    idx_b = torch.tensor([b for _, b in _SILHOUETTE], device=kpts2d.device)
+    a, b = kpts2d[:, idx_a], kpts2d[:, idx_b]  # [B, G, 2]
+    ok = (vis[:, idx_a] > 0) & (vis[:, idx_b] > 0)  # [B, G]
+    coords = torch.arange(size, device=kpts2d.device, dtype=kpts2d.dtype)
+    grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), -1).view(1, 1, -1, 2)
+    ab = (b - a).unsqueeze(2)  # [B, G, 1, 2]
+    t = ((grid - a.unsqueeze(2)) * ab).sum(-1) / ab.square().sum(-1).clamp_min(1e-6)
+    nearest = a.unsqueeze(2) + t.clamp(0, 1).unsqueeze(-1) * ab  # [B, G, S*S, 2]
+    dist = (grid - nearest).square().sum(-1)  # [B, G, S*S]
+    dist = dist.masked_fill(~ok.unsqueeze(-1), float("inf")).amin(1)  # [B, S*S]
+    return (dist <= radius_px**2).to(kpts2d.dtype).view(-1, 1, size, size)
+
+
+def background_swap(batch: Batch, mask: Tensor) -> Batch:
+    """Paste each person selected by `mask` onto the background of another crop of the batch.
+
+    Copy-paste augmentation (Ghiasi et al., "Simple Copy-Paste is a Strong Data Augmentation
+    Method for Instance Segmentation", CVPR 2021) with the person's silhouette approximated from
+    its own 2D joints (`skeleton_mask`), as the buffer keeps no segmentation. A student trained
+    on few videos otherwise learns scenes, not people: on real footage it judged a person's
+    facing (front or back, hence left from right) by the place. Labels are unchanged; the
+    background comes from the next sample in the batch (rolled by one).
+
+    Args:
+        batch: as in `hflip`; `image` float `[B, 3, S, S]`.
+        mask: `[B]` bool, which samples get a new background.
+
+    Returns:
+        A new dict; only `image` changes.
+    """
+    image = batch["image"]
+    size = image.shape[-1]
+    sel = mask.to(image.device).nonzero().flatten()
+    if not len(sel):
+        return batch
+    # The mask is drawn at 1/4 resolution (16x fewer distances) and upsampled: it is rough anyway.
+    low = max(size // 4, 1)
+    scale = low / size
+    person = skeleton_mask((batch["kpts2d"][sel] + 0.5) * scale - 0.5, batch["visibility"][sel],
+                           low, SILHOUETTE_RADIUS * low)
+    person = F.interpolate(person, size=(size, size), mode="bilinear", align_corners=False)
+    background = image.roll(1, dims=0)[sel]
+    out = image.clone()
+    out[sel] = person * image[sel] + (1 - person) * background
+    return {**batch, "image": out}
+
+
 class BatchAugment(torch.nn.Module):
     """Random flip, rotation, zoom, shift and colour jitter of a training batch, on its device.
 
@@ -145,6 +220,8 @@ class BatchAugment(torch.nn.Module):
         scale_range: zoom factor drawn uniformly in this range (> 0).
         shift_frac: shift drawn uniformly in [-shift_frac, shift_frac] * S pixels, per axis.
         color_jitter: brightness, contrast and saturation factors drawn in [1 - c, 1 + c].
+        background_swap_prob: probability of pasting the person onto another sample's
+            background (`background_swap`).
         enabled: False makes the module the identity.
 
     Raises:
@@ -160,11 +237,13 @@ class BatchAugment(torch.nn.Module):
         shift_frac: float = 0.1,
         color_jitter: float = 0.3,
         enabled: bool = True,
+        background_swap_prob: float = 0.0,
     ):
         super().__init__()
         lo, hi = (float(v) for v in scale_range)
-        if not (0 <= flip_prob <= 1 and 0 <= rot_prob <= 1):
-            raise ValueError(f"probabilities must be in [0, 1]: {flip_prob}, {rot_prob}")
+        if not (0 <= flip_prob <= 1 and 0 <= rot_prob <= 1 and 0 <= background_swap_prob <= 1):
+            raise ValueError(f"probabilities must be in [0, 1]: {flip_prob}, {rot_prob}, "
+                             f"{background_swap_prob}")
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi, got {scale_range}")
         if not (0 <= color_jitter < 1 and shift_frac >= 0 and rot_max_deg >= 0):
@@ -172,6 +251,7 @@ class BatchAugment(torch.nn.Module):
         self.flip_prob, self.rot_prob, self.rot_max_deg = flip_prob, rot_prob, rot_max_deg
         self.scale_range, self.shift_frac = (lo, hi), shift_frac
         self.color_jitter, self.enabled = color_jitter, enabled
+        self.background_swap_prob = background_swap_prob
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Augment `batch` (see `hflip` for its keys; `image` float `[B, 3, S, S]` in [0, 1]).
@@ -203,6 +283,8 @@ class BatchAugment(torch.nn.Module):
         scale = lo + (hi - lo) * uniform(n)
         shift = (2 * uniform(n, 2) - 1) * self.shift_frac * size
         out = rotate_scale_shift(out, angle, scale, shift)
+        if self.background_swap_prob > 0 and n > 1:
+            out = background_swap(out, uniform(n) < self.background_swap_prob)
         if self.color_jitter > 0:
             b, c, s = (1 + (2 * uniform(n) - 1) * self.color_jitter for _ in range(3))
             out["image"] = color_jitter(out["image"], b, c, s)

@@ -76,6 +76,9 @@ class StreamDataModule(L.LightningDataModule):
         val_max_samples: the validation set holds at most this many samples.
         reads_per_overwrite: the producer pauses while the trainer has read fewer samples than
             this per overwritten one (a teacher faster than training); None: never pause.
+        video_balance: alpha in [0, 1] of the training sampler: 0 draws buffered samples
+            uniformly, 1 gives every buffered video the same share (`data.ring_buffer.
+            video_weights`), so a long clip does not drown the others.
         seed: seeds the training batch sampler.
 
     Raises:
@@ -99,6 +102,7 @@ class StreamDataModule(L.LightningDataModule):
         start_timeout_s: float = 300.0,
         val_max_samples: int = 512,
         reads_per_overwrite: float | None = 1.0,
+        video_balance: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -113,6 +117,9 @@ class StreamDataModule(L.LightningDataModule):
         self.min_samples, self.start_timeout_s = min_samples, start_timeout_s
         self.val_max_samples, self.seed = val_max_samples, seed
         self.reads_per_overwrite = reads_per_overwrite
+        if not 0.0 <= video_balance <= 1.0:
+            raise ValueError(f"video_balance must be in [0, 1], got {video_balance}")
+        self.video_balance = video_balance
         make_storage(storage, crop_size, jpeg_quality, jpeg_slot_bytes)  # fail fast if invalid
         self.storage_options = {"storage": storage, "jpeg_quality": jpeg_quality,
                                 "jpeg_slot_bytes": jpeg_slot_bytes}
@@ -154,7 +161,8 @@ class StreamDataModule(L.LightningDataModule):
             raise RuntimeError("call setup('fit') before train_dataloader()")
         if self._producer is None:
             self._start_train()
-        self._train_dataset = BufferDataset(self._buffer, self.batch_size, seed=self.seed)
+        self._train_dataset = BufferDataset(self._buffer, self.batch_size, seed=self.seed,
+                                            video_balance=self.video_balance)
         workers = self.loader_workers
         return DataLoader(self._train_dataset, batch_size=None, num_workers=workers,
                           multiprocessing_context="spawn" if workers else None,

@@ -20,7 +20,7 @@ REQUIRED_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop")
 
 
 class BufferDataset(IterableDataset):
-    """Endless whole batches sampled uniformly, with replacement, from a live `RingBuffer`.
+    """Endless whole batches sampled with replacement from a live `RingBuffer`.
 
     Use with `DataLoader(ds, batch_size=None)`. With `num_workers=0` the batch is gathered in
     the trainer's process with one copy per field. With a shared buffer, DataLoader worker
@@ -32,6 +32,8 @@ class BufferDataset(IterableDataset):
         batch_size: B rows per batch.
         seed: seeds the index generator; each new iterator (and DataLoader worker) gets its
             own stream.
+        video_balance: 0 draws slots uniformly; up to 1 evens out the videos' shares
+            (`RingBuffer.sample`, `data.ring_buffer.video_weights`).
 
     Attributes:
         batches: batches yielded so far (in this process).
@@ -42,11 +44,13 @@ class BufferDataset(IterableDataset):
         ValueError: if batch_size <= 0.
     """
 
-    def __init__(self, buffer: RingBuffer, batch_size: int, *, seed: int = 0):
+    def __init__(self, buffer: RingBuffer, batch_size: int, *, seed: int = 0,
+                 video_balance: float = 0.0):
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         self.buffer, self.batch_size = buffer, batch_size
+        self.video_balance = video_balance
         self._seeds = np.random.SeedSequence(seed)
         self.batches, self.sample_s = 0, 0.0
 
@@ -67,7 +71,7 @@ class BufferDataset(IterableDataset):
         rng = np.random.default_rng(seeds.spawn(1)[0])
         while True:
             t0 = time.perf_counter()
-            rows = self.buffer.sample(self.batch_size, rng)
+            rows = self.buffer.sample(self.batch_size, rng, self.video_balance)
             self.sample_s += time.perf_counter() - t0
             self.batches += 1
             yield {k: torch.from_numpy(v) for k, v in rows.items()}

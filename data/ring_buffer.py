@@ -151,6 +151,25 @@ def video_key(video_id: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def video_weights(keys: np.ndarray, alpha: float) -> np.ndarray:
+    """Sampling probabilities `[N]` float64 (summing to 1) for slots holding videos `keys` `[N]`.
+
+    A slot of a video with n_v slots gets weight n_v^-alpha, so video v's share of the draws is
+    n_v^(1 - alpha) / sum_u n_u^(1 - alpha): alpha = 0 is uniform over slots, alpha = 1 uniform
+    over videos. A clip 10x longer than another then gets 10x (0), 3.2x (0.5) or 1x (1) its
+    share. On the real corpus one 10 fps walking clip held a third of all labelled people, 81%
+    of them seen from behind, and the student learnt to see backs everywhere.
+
+    Raises:
+        ValueError: alpha outside [0, 1].
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"video_balance must be in [0, 1], got {alpha}")
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -alpha
+    return weights / weights.sum()
+
+
 def buffer_layout(capacity: int, crop_size: int, storage: CropStorage | None = None) -> Layout:
     """Shape and dtype of every buffer field, `[N, ...]`.
 
@@ -395,13 +414,17 @@ class RingBuffer:
     # Reading
 
     def sample(
-        self, batch_size: int, rng: np.random.Generator | None = None
+        self, batch_size: int, rng: np.random.Generator | None = None, video_balance: float = 0.0
     ) -> dict[str, np.ndarray]:
-        """Draw `batch_size` rows uniformly, with replacement, from the filled slots.
+        """Draw `batch_size` rows, with replacement, from the filled slots.
 
         Args:
             batch_size: B > 0.
             rng: generator for the indices; default: the buffer's own (seeded by `seed`).
+            video_balance: alpha in [0, 1]: a slot is drawn with probability proportional to
+                n_v^-alpha, n_v the slots its video holds. 0 is uniform over slots (a long
+                video dominates as much as it fills the buffer); 1 gives every video the same
+                share; 0.5 is between (see `video_weights`).
 
         Returns:
             `OUTPUT_FIELDS` with a leading `[B]`: `image` uint8 `[B, 3, S, S]` (decoded when
@@ -423,8 +446,13 @@ class RingBuffer:
                 f"ring buffer is empty (capacity {self.capacity}); wait for producers first"
             )
         rng = rng or self._rng
-        rows, retries = self._read(rng.integers(0, size, batch_size),
-                                   redraw=lambda n: rng.integers(0, size, n))
+        if video_balance > 0:
+            # Racy read of the keys: they only weight the draw; `_read` checks every row.
+            p = video_weights(self._rows["video_key"][:size], video_balance)
+            draw = lambda n: rng.choice(size, n, p=p)  # noqa: E731
+        else:
+            draw = lambda n: rng.integers(0, size, n)  # noqa: E731
+        rows, retries = self._read(draw(batch_size), redraw=draw)
         rows = self._output(rows)
         with self._locked():
             self._counters[_READ] += batch_size

@@ -15,6 +15,7 @@ from labeler.base import Teacher, TeacherUnavailableError
 TEACHERS: dict[str, str] = {
     "auto": "labeler.auto:auto_teacher",
     "comotion": "labeler.comotion:CoMotionTeacher",
+    "flip_tta": "labeler.flip_tta:FlipTTATeacher",
     "mediapipe": "labeler.mediapipe_teacher:MediaPipeTeacher",
     "oracle": "labeler.oracle:OracleTeacher",
 }

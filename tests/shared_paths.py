@@ -4,4 +4,5 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-VIDEOS = REPO.parent / "shared" / "videos"  # ../shared/videos, never copied into the repo
+SHARED = REPO.parent / "shared"
+VIDEOS = SHARED / "videos"  # ../shared/videos, never copied into the repo

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from data.augment import BatchAugment, color_jitter, hflip, rotate_scale_shift
+from data.augment import (
+    BatchAugment,
+    background_swap,
+    color_jitter,
+    hflip,
+    rotate_scale_shift,
+    skeleton_mask,
+)
 from stream_pose.skeleton import FLIP_PERM, JOINT_INDEX
 
 S = 48
@@ -264,3 +271,49 @@ def test_bad_batches_are_rejected():
         BatchAugment()({**batch, "kpts3d": batch["kpts3d"][:, :17]})
     with pytest.raises(ValueError, match="scale_range"):
         BatchAugment(scale_range=(1.2, 0.8))
+
+
+# ------------------------------------------------------------------ background swap
+
+
+def test_skeleton_mask_covers_the_limbs_and_nothing_far_away():
+    kpts = torch.zeros(1, 27, 2)
+    vis = torch.zeros(1, 27)
+    hip, knee = JOINT_INDEX["left_hip"], JOINT_INDEX["left_knee"]
+    kpts[0, hip], kpts[0, knee] = torch.tensor([10.0, 10.0]), torch.tensor([10.0, 30.0])
+    vis[0, hip] = vis[0, knee] = 1
+    mask = skeleton_mask(kpts, vis, S, radius_px=3.0)[0, 0]  # [S, S], indexed [y, x]
+    assert mask[20, 10] == 1 and mask[20, 13] == 1 and mask[20, 14] == 0  # 3 px either side
+    assert mask[5, 10] == 0 and mask[34, 10] == 0  # past the ends by more than the radius
+    assert skeleton_mask(kpts, torch.zeros(1, 27), S, 3.0).sum() == 0  # nothing visible
+
+
+def test_background_swap_keeps_the_person_and_the_labels():
+    batch = _batch()
+    batch["image"] = torch.stack([torch.full((3, S, S), float(i) / B) for i in range(B)])
+    mask = torch.tensor([True, False, True, False, False, False])
+    out = background_swap(batch, mask)
+    for key in ("kpts2d", "kpts3d", "visibility", "K_crop"):
+        assert torch.equal(out[key], batch[key])
+    assert torch.equal(out["image"][~mask], batch["image"][~mask])
+    # A stick figure standing at x = 24: on it sample 0 keeps its own pixels, far from it sample
+    # 0 now shows sample 5's background (the batch is rolled by one).
+    figure = _batch()
+    figure["image"] = batch["image"]
+    figure["kpts2d"] = torch.stack([torch.full((27,), 24.0), torch.linspace(8, 40, 27)], -1)
+    figure["kpts2d"] = figure["kpts2d"].expand(B, 27, 2).clone()
+    out = background_swap(figure, mask)
+    assert out["image"][0, :, 24, 24].tolist() == pytest.approx([0.0] * 3, abs=1e-6)
+    assert out["image"][0, :, 24, 2].tolist() == pytest.approx([5 / B] * 3, abs=1e-6)
+    assert out["image"][2, :, 24, 45].tolist() == pytest.approx([1 / B] * 3, abs=1e-6)
+
+
+def test_batch_augment_swaps_backgrounds_only_when_asked():
+    batch = _batch()
+    quiet = dict(flip_prob=0, rot_prob=0, scale_range=(1, 1), shift_frac=0, color_jitter=0)
+    same = BatchAugment(**quiet)(batch)
+    torch.testing.assert_close(same["image"], batch["image"], atol=1e-5, rtol=0)
+    swapped = BatchAugment(**quiet, background_swap_prob=1.0)(batch)
+    assert not torch.allclose(swapped["image"], batch["image"], atol=1e-3)
+    with pytest.raises(ValueError):
+        BatchAugment(background_swap_prob=1.5)

@@ -15,6 +15,7 @@ from data.ring_buffer import (
     EmptyBufferError,
     RingBuffer,
     video_key,
+    video_weights,
 )
 from stream_pose.types import Sample
 
@@ -77,6 +78,24 @@ def test_sampling_is_uniform_over_filled_slots():
     counts = np.bincount(draws, minlength=10)
     chi2 = ((counts - 2000.0) ** 2 / 2000.0).sum()
     assert chi2 < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
+
+
+@pytest.mark.parametrize("alpha, expected_long_share", [(0.0, 0.9), (0.5, 0.75), (1.0, 0.5)])
+def test_video_balance_evens_out_a_long_video(alpha, expected_long_share):
+    buf = RingBuffer(20, S)
+    for i in range(18):
+        buf.push(_sample(i, video="long"))
+    for i in range(18, 20):
+        buf.push(_sample(i, video="short"))
+    draws = buf.sample(20000, np.random.default_rng(2), video_balance=alpha)["frame_index"]
+    # long: 18 slots, short: 2; share of long = 18^(1-a) / (18^(1-a) + 2^(1-a))
+    assert np.mean(draws < 18) == pytest.approx(expected_long_share, abs=0.015)
+    assert set(draws[draws < 18].tolist()) == set(range(18))  # every slot still drawn
+
+
+def test_video_weights_reject_alpha_outside_unit_interval():
+    with pytest.raises(ValueError, match="video_balance"):
+        video_weights(np.array([1, 2]), 1.5)
 
 
 def test_samples_are_copies():

@@ -62,3 +62,38 @@ def test_bad_inputs_are_rejected():
         net(torch.rand(1, 3, 96, 96))
     with pytest.raises(TypeError):
         net(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_lift_head_reads_the_2d_only_and_keeps_the_pelvis_at_zero():
+    net = PoseStudent(64, head3d="lift", **SMALL).eval()
+    out = net(net.example_input(2))
+    torch.testing.assert_close(out.kpts3d, net.lift(out.kpts2d))  # 3D is a function of the 2D
+    assert torch.all(out.kpts3d[:, 0] == 0)
+    shifted = net.lift(out.kpts2d + 7.0)  # a translated 2D pose: pelvis-relative input
+    torch.testing.assert_close(shifted, out.kpts3d, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("grad_to_2d", [False, True])
+def test_lift_loss_reaches_the_heatmaps_only_when_asked(grad_to_2d):
+    net = PoseStudent(64, head3d="lift", lift_grad_to_2d=grad_to_2d, **SMALL)
+    net(net.example_input(2)).kpts3d.sum().backward()
+    grad = net.heatmap.weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == grad_to_2d
+    assert net.head3d[0].weight.grad.abs().sum() > 0
+
+
+def test_anchored_head_scales_the_2d_into_metres():
+    net = PoseStudent(64, head3d="anchored", **SMALL).eval()
+    for p in net.head3d[-1].parameters():  # residual and log-scale 0: pure anchor
+        torch.nn.init.zeros_(p)
+    out = net(net.example_input(1))
+    xy = (out.kpts2d - out.kpts2d[:, :1]) * 2.125 / 64
+    torch.testing.assert_close(out.kpts3d[..., :2], xy)
+    assert torch.all(out.kpts3d[..., 2] == 0)
+
+
+def test_lift_needs_the_lift_head():
+    with pytest.raises(ValueError, match="head3d"):
+        PoseStudent(64, head3d="magic", **SMALL)
+    with pytest.raises(RuntimeError, match="lift"):
+        PoseStudent(64, **SMALL).lift(torch.zeros(1, 27, 2))

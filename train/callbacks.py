@@ -194,6 +194,37 @@ class CheckpointOnException(L.Callback):
         logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.path)
 
 
+class SaveLastCheckpoint(L.Callback):
+    """Keeps `<dirpath>/last.ckpt` the latest state of the run, resumable with `ckpt_path`.
+
+    Written after every validation and at the end of `fit`. Lightning's own `save_last` writes
+    it only when `ModelCheckpoint` saves a top-k file, i.e. at an *improving* validation: a run
+    whose last validations did not improve would leave a stale `last.ckpt` (seen: step 1000 of
+    2000), and evaluating or resuming it would silently drop the end of the run.
+
+    Args:
+        dirpath: the checkpoint folder.
+        filename: the file name.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+        self._saved_step = -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
+        self._saved_step = trainer.global_step
+
+
 class ScheduleOnResume(L.Callback):
     """A resumed run follows its own config's LR schedule, from the restored step.
 

@@ -9,14 +9,16 @@ Z forward), `visibility` `[B, J]` in {0, 1} and `K_crop` `[B, 3, 3]`; extra keys
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from train.losses import heatmap_cross_entropy, masked_l1
 from train.metrics import MeanPoseBaseline, PoseErrorMetric, metric_dict, mpjpe
-from train.student import PoseStudent, StudentOutput
+from train.student import HEATMAP_STRIDE, PoseStudent, StudentOutput
 
 logger = logging.getLogger(__name__)
 
@@ -34,38 +36,34 @@ def image_to_float(image: Tensor) -> Tensor:
     return image if image.is_floating_point() else image.float().div_(255.0)
 
 
-def masked_l1(pred: Tensor, target: Tensor, vis: Tensor) -> Tensor:
-    """Mean absolute error over the coordinates of visible joints.
-
-    Args:
-        pred, target: `[B, J, D]`.
-        vis: `[B, J]` in {0, 1}.
-
-    Returns:
-        Scalar: sum of |pred - target| over visible joints / (visible joints x D); 0 if none.
-    """
-    w = vis.to(pred.dtype).unsqueeze(-1)
-    return ((pred - target).abs() * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
-
-
 class PoseDistillModule(L.LightningModule):
     """Trains a `PoseStudent` on teacher labels and validates it against held-out videos.
 
     Loss: `loss_3d_weight` x masked L1 on 3D (metres) + `loss_2d_weight` x masked L1 on 2D divided
-    by S (so it is a fraction of the crop and does not depend on the crop size).
+    by S (so it is a fraction of the crop and does not depend on the crop size), and optionally
+    `loss_heatmap_weight` x `train.losses.heatmap_cross_entropy` and, for a student with
+    head3d="lift", `loss_lift_weight` x masked L1 of `net.lift(teacher 2D + noise)` against the
+    teacher's 3D: the lifter also learns from the teacher's clean 2D-3D pairs, with Gaussian
+    noise of `lift_noise` x S pixels so that it tolerates the student's 2D errors (joints the
+    teacher does not see take the student's own 2D, detached).
 
     Validation logs, each pooled over every visible joint of the whole val set
     (`train.metrics.metric_dict`, the keys `train.evaluate` writes too): `val/mpjpe_mm`,
     `val/pa_mpjpe_mm`, `val/pck3d_150` (percent within 150 mm), `val/mpjpe_mm/<joint>` for
     every joint seen visible, `val/mean_pose_mpjpe_mm`, the error of always predicting the mean
-    training target (the bar the student has to clear), and `val/mpjpe_vs_mean_pose`.
+    training target (the bar the student has to clear), and `val/mpjpe_vs_mean_pose`; and
+    `time/minutes`, wall-clock minutes since this fit started (for learning curves vs time).
 
     Args:
         net: the student.
         optimizer: factory from parameters to an optimizer (a Hydra `_partial_` of AdamW);
             only needed to train (None is fine for loading a checkpoint for inference).
         scheduler: optional factory from the optimizer to a per-step LR scheduler.
-        loss_3d_weight, loss_2d_weight: loss weights (>= 0).
+        loss_3d_weight, loss_2d_weight, loss_heatmap_weight, loss_lift_weight: loss weights
+            (>= 0).
+        heatmap_sigma: Gaussian of the heatmap target, in heatmap cells.
+        lift_noise: standard deviation of the noise added to the teacher's 2D for the lift
+            loss, as a fraction of the crop side.
         augment: optional batch augmentation (`data.augment.BatchAugment`), applied on the device
             to training batches only.
 
@@ -81,10 +79,19 @@ class PoseDistillModule(L.LightningModule):
         loss_3d_weight: float = 1.0,
         loss_2d_weight: float = 1.0,
         augment: torch.nn.Module | None = None,
+        loss_heatmap_weight: float = 0.0,
+        heatmap_sigma: float = 1.0,
+        loss_lift_weight: float = 0.0,
+        lift_noise: float = 0.03,
     ) -> None:
         super().__init__()
-        if loss_3d_weight < 0 or loss_2d_weight < 0:
-            raise ValueError(f"loss weights must be >= 0, got {loss_3d_weight}, {loss_2d_weight}")
+        weights = (loss_3d_weight, loss_2d_weight, loss_heatmap_weight, loss_lift_weight)
+        if min(weights) < 0 or lift_noise < 0 or heatmap_sigma <= 0:
+            raise ValueError(f"loss weights and lift_noise must be >= 0 and heatmap_sigma > 0, "
+                             f"got {weights}, {lift_noise}, {heatmap_sigma}")
+        if loss_lift_weight > 0 and getattr(net, "head3d_kind", None) != "lift":
+            raise ValueError("loss_lift_weight > 0 needs a student with head3d=lift "
+                             "(model.net.head3d=lift)")
         # Only plain numbers go into the checkpoint: partials and modules would not load with
         # torch.load(weights_only=True) (PITFALLS.md).
         self.save_hyperparameters(logger=False, ignore=["net", "augment", "optimizer", "scheduler"])
@@ -92,6 +99,10 @@ class PoseDistillModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.mean_pose = MeanPoseBaseline()
         self.val_student, self.val_mean_pose = PoseErrorMetric(), PoseErrorMetric()
+        self._fit_start: float | None = None
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.monotonic()
 
     def forward(self, image: Tensor) -> StudentOutput:
         """`[B, 3, S, S]` floats in [0, 1] -> `StudentOutput` (`[B, J, 3]` m, `[B, J, 2]` px)."""
@@ -102,16 +113,27 @@ class PoseDistillModule(L.LightningModule):
         return {**batch, "image": image_to_float(batch["image"])}
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
-        """Forward `batch` and return `loss`, `loss_3d`, `loss_2d` and `mpjpe` (metres)."""
-        out = self.net(batch["image"])
+        """Forward `batch` and return `loss`, its terms, and `mpjpe` (metres)."""
+        out, logits = self.net.forward_with_heatmaps(batch["image"])
         vis = batch["visibility"]
+        hp = self.hparams
         loss_3d = masked_l1(out.kpts3d, batch["kpts3d"], vis)
         size = self.net.crop_size
         loss_2d = masked_l1(out.kpts2d / size, batch["kpts2d"] / size, vis)
-        loss = self.hparams.loss_3d_weight * loss_3d + self.hparams.loss_2d_weight * loss_2d
+        terms = {"loss_3d": loss_3d, "loss_2d": loss_2d}
+        loss = hp.loss_3d_weight * loss_3d + hp.loss_2d_weight * loss_2d
+        if hp.loss_heatmap_weight > 0:
+            terms["loss_heatmap"] = heatmap_cross_entropy(
+                logits, batch["kpts2d"], vis, HEATMAP_STRIDE, hp.heatmap_sigma)
+            loss = loss + hp.loss_heatmap_weight * terms["loss_heatmap"]
+        if hp.loss_lift_weight > 0:
+            noisy = batch["kpts2d"] + hp.lift_noise * size * torch.randn_like(batch["kpts2d"])
+            teacher_2d = torch.where(vis.unsqueeze(-1) > 0, noisy, out.kpts2d.detach())
+            terms["loss_lift"] = masked_l1(self.net.lift(teacher_2d), batch["kpts3d"], vis)
+            loss = loss + hp.loss_lift_weight * terms["loss_lift"]
         with torch.no_grad():
             err = mpjpe(out.kpts3d, batch["kpts3d"], vis)
-        return {"loss": loss, "loss_3d": loss_3d, "loss_2d": loss_2d, "mpjpe": err}
+        return {"loss": loss, **terms, "mpjpe": err}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         # The baseline sees the targets before augmentation: flips would make it left-right
@@ -122,7 +144,7 @@ class PoseDistillModule(L.LightningModule):
         out = self.losses(batch)
         b = batch["image"].shape[0]
         self.log_dict(
-            {f"train/{k}": out[k].detach() for k in ("loss", "loss_3d", "loss_2d")},
+            {f"train/{k}": v.detach() for k, v in out.items() if k.startswith("loss")},
             batch_size=b, prog_bar=False,
         )
         self.log("train/mpjpe_mm", 1000.0 * out["mpjpe"], batch_size=b, prog_bar=True)
@@ -139,6 +161,8 @@ class PoseDistillModule(L.LightningModule):
         headline = ("val/mpjpe_mm", "val/pa_mpjpe_mm", "val/pck3d_150", "val/mean_pose_mpjpe_mm")
         self.log_dict({k: values.pop(k) for k in headline}, prog_bar=True)
         self.log_dict(values)  # ratio and per-joint errors: logs only, not the progress bar
+        if self._fit_start is not None:
+            self.log("time/minutes", (time.monotonic() - self._fit_start) / 60.0)
         self.val_student.reset()
         self.val_mean_pose.reset()
 

@@ -39,6 +39,7 @@ from labeler.base import TeacherUnavailableError
 from train.callbacks import (
     BufferTelemetry,
     CheckpointOnException,
+    SaveLastCheckpoint,
     ScheduleOnResume,
     stream_telemetry,
 )
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 MONITOR = "val/mpjpe_mm"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
 KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 
@@ -122,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", monitor=MONITOR, mode="min",
         filename="step{step:06d}-mpjpe{val/mpjpe_mm:.1f}", auto_insert_metric_name=False,
-        save_last=True,
+        save_last=False,  # SaveLastCheckpoint: last.ckpt is the latest state, not the best
     )
     loggers = make_loggers(cfg.get("logger"))
     hparams = redacted_config(cfg)  # the only config a logger sees: resolved, secrets masked
@@ -130,7 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(hparams)
     saver = CheckpointOnException(checkpoint.dirpath)
     callbacks: list[Callback] = [
-        checkpoint, BufferTelemetry(), saver, ScheduleOnResume(),
+        checkpoint, SaveLastCheckpoint(checkpoint.dirpath), BufferTelemetry(), saver,
+        ScheduleOnResume(),
         *logger_callbacks(cfg.get("logger"), loggers),
     ]
     trainer: L.Trainer = instantiate(
@@ -243,6 +246,7 @@ def run_summary(
         "mpjpe_vs_mean_pose": None if mpjpe is None or not mean_pose else mpjpe / mean_pose,
         "wall_time_s": round(wall_time_s, 1),
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "last_checkpoint": LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else None,
     }
 
 
