@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +53,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.common import REPO_ROOT
 from labeler.flip_tta import FlipTTATeacher
-from stream_pose.codec import crop_sample
+from stream_pose.camera import apply_affine
+from stream_pose.codec import box_crop_affine, crop_sample
 from stream_pose.skeleton import JOINT_NAMES
 from train.checkpoint import LoadedStudent, load_student
 from train.metrics import mpjpe, pa_mpjpe, pck3d
@@ -63,6 +65,8 @@ logger = logging.getLogger("bench.learning")
 PCK2D_FRACTIONS = (0.05, 0.1)  # of the crop side
 TARGET_RATIO, TARGET_PA_RATIO = 0.6, 0.7  # issue 10: student / mean pose, pooled
 CURVES_PNG, REPORT_JSON = "learning_curves.png", "learning.json"
+CLIP_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop", "mirror2d", "mirror3d",
+               "mirror_vis")
 
 
 @dataclass
@@ -75,8 +79,10 @@ class ClipSet:
         kpts2d: `[N, J, 2]` float32 crop pixels (the teacher's).
         kpts3d: `[N, J, 3]` float32 metres, pelvis-relative (the teacher's).
         visibility: `[N, J]` float32 in {0, 1}.
-        mirror3d: `[N, J, 3]` the teacher on the mirror image, mirrored back (0 where missed).
-        mirror_vis: `[N, J]` visibility of `mirror3d` (all 0 where the mirror pass missed).
+        K_crop: `[N, 3, 3]` float32 crop intrinsics.
+        mirror2d: `[N, J, 2]` the teacher on the mirror image, mirrored back, in crop pixels.
+        mirror3d: `[N, J, 3]` the same in 3D (0 where the mirror pass missed the person).
+        mirror_vis: `[N, J]` visibility of `mirror2d`/`mirror3d` (all 0 where it missed).
         frames: frames decoded.
         teacher_s: seconds in the teacher, both passes.
     """
@@ -86,6 +92,8 @@ class ClipSet:
     kpts2d: torch.Tensor
     kpts3d: torch.Tensor
     visibility: torch.Tensor
+    K_crop: torch.Tensor
+    mirror2d: torch.Tensor
     mirror3d: torch.Tensor
     mirror_vis: torch.Tensor
     frames: int
@@ -101,8 +109,7 @@ def label_clip(source: Any, teacher: FlipTTATeacher, video_id: str, crop_size: i
         video_id: the clip's id (for the report).
         crop_size: S, the student's crop side.
     """
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "image", "kpts2d", "kpts3d", "visibility", "mirror3d", "mirror_vis")}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in CLIP_FIELDS}
     teacher.reset()
     frames, teacher_s = 0, 0.0
     for frame in source:
@@ -119,10 +126,13 @@ def label_clip(source: Any, teacher: FlipTTATeacher, video_id: str, crop_size: i
             rows["kpts2d"].append(sample.kpts2d)
             rows["kpts3d"].append(sample.kpts3d)
             rows["visibility"].append(sample.visibility)
-            rows["mirror3d"].append(np.zeros_like(sample.kpts3d) if mirrored is None
-                                    else mirrored.kpts3d)
-            rows["mirror_vis"].append(np.zeros_like(sample.visibility) if mirrored is None
-                                      else mirrored.visibility)
+            rows["K_crop"].append(sample.K_crop)
+            if mirrored is None:
+                mirrored = dataclasses.replace(plain, visibility=np.zeros_like(plain.visibility))
+            affine = box_crop_affine(plain.bbox_xyxy, crop_size)  # the plain crop's
+            rows["mirror2d"].append(apply_affine(mirrored.kpts2d, affine))
+            rows["mirror3d"].append(mirrored.kpts3d)
+            rows["mirror_vis"].append(mirrored.visibility)
     if not rows["image"]:
         raise RuntimeError(f"the teacher found nobody in held-out clip {video_id!r}")
     arrays = {k: torch.from_numpy(np.stack(v)) for k, v in rows.items()}
@@ -184,8 +194,7 @@ def pooled(clips: list[ClipSet], preds: list[tuple[torch.Tensor, torch.Tensor]],
     cat = ClipSet(
         video_id="all", frames=sum(c.frames for c in clips),
         teacher_s=sum(c.teacher_s for c in clips),
-        **{k: torch.cat([getattr(c, k) for c in clips]) for k in
-           ("image", "kpts2d", "kpts3d", "visibility", "mirror3d", "mirror_vis")},
+        **{k: torch.cat([getattr(c, k) for c in clips]) for k in CLIP_FIELDS},
     )
     return clip_metrics(cat, torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds]),
                         mean_pose)

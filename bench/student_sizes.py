@@ -53,7 +53,7 @@ def mflops(net: PoseStudent) -> float:
     return counter.get_total_flops() / 1e6
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--crop-size", type=positive_int, default=128)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                 {"crop_size": args.crop_size, "head3d": args.head3d, "frames": args.frames,
                  "repeats": args.repeats, "torch_threads": torch.get_num_threads()},
                 rows, notes), args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

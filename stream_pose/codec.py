@@ -131,6 +131,17 @@ def label_from_camera(
     )
 
 
+def box_crop_affine(bbox_xyxy: np.ndarray, crop_size: int, margin: float = CROP_MARGIN
+                    ) -> np.ndarray:
+    """The `[2, 3]` image-to-crop affine of the square crop that `crop_sample` cuts for a box.
+
+    Raises:
+        ValueError: if the box is degenerate.
+    """
+    cx, cy, side = square_box(bbox_xyxy, margin)
+    return crop_affine(cx, cy, side, crop_size)
+
+
 def crop_sample(
     frame: Frame, label: PersonLabel, crop_size: int, margin: float = CROP_MARGIN
 ) -> Sample:
@@ -142,8 +153,7 @@ def crop_sample(
     Raises:
         ValueError: if the person's box is degenerate.
     """
-    cx, cy, side = square_box(label.bbox_xyxy, margin)
-    M = crop_affine(cx, cy, side, crop_size)
+    M = box_crop_affine(label.bbox_xyxy, crop_size, margin)
     K = frame.K if frame.K is not None else default_K(*frame.hw)
     crop = warp_image(frame.image, M, crop_size)  # [S, S, 3]
     return Sample(

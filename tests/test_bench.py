@@ -354,3 +354,39 @@ def test_busy_threads_ranks_threads_by_cores_and_drops_idle_ones():
     after = {"python/1": 2.5, "mediapipe/2": 1.5, "python/3": 2.01, "python/4": 0.3}
     assert procfs.busy_threads(before, after, seconds=2.0) == {
         "python/1": 0.75, "mediapipe/2": 0.5, "python/4": 0.15}
+
+
+def test_student_sizes_bench_times_every_preset_against_the_small_one(capsys):
+    from bench import student_sizes
+
+    argv = ["--repeats", "1", "--warmup", "0", "--frames", "1", "--crop-size", "64", "--json"]
+    report = _run_json(student_sizes.main, argv, capsys)
+    _check_structure(report, "student_sizes", 3)
+    assert [r["ours"]["name"] for r in report["rows"]] == ["student_s", "student_m", "student_l"]
+    assert report["rows"][0]["ratio"] == 1.0  # the small one against itself
+    params = [float(n.split(": ")[1].split(" M")[0]) for n in report["notes"]]
+    assert params[0] < params[1] < params[2]
+    assert all("MFLOPs" in n for n in report["notes"])
+
+
+@pytest.mark.slow
+def test_ablation_trains_each_variant_on_the_same_labelled_corpus():
+    pytest.importorskip("mediapipe")
+    from bench import ablation
+
+    source = {**ablation.real_source(), "max_frames": 12, "val_videos": ["basketball_single"],
+              "paths": [str(VIDEOS / f"{v}.mp4") for v in
+                        ("basketball_single", "basketball_multi", "running_athlete")]}
+    corpus = ablation.label_corpus(64, source)
+    assert [c.video_id for c in corpus.held_out] == ["basketball_single"]
+    assert corpus.train["image"].shape[1:] == (3, 64, 64)
+    assert set(corpus.train["video"].tolist()) == {0, 1}  # two training clips
+    averaged = ablation.flip_averaged(corpus.train)
+    assert not torch.equal(averaged["kpts3d"], corpus.train["kpts3d"])  # the mirror pass differs
+    results = [ablation.train_variant(v, corpus, steps=2, batch_size=4, seed=0)
+               for v in ("base", "lift_bg")]
+    for r in results:
+        assert r["steps"] == 2 and r["minutes"] > 0 and len(r["clips"]) == 1
+        assert 0 < r["all"]["mpjpe_mm"] and 0 < r["all"]["mean_pose_mpjpe_mm"]
+    table = ablation.format_rows(results)
+    assert "| lift_bg |" in table and "teacher flip floor" in table

@@ -24,11 +24,25 @@ def _options(group):
 
 
 def test_every_group_has_its_options():
-    assert _options("source") == ["local", "pexels", "synthetic"]
-    assert _options("labeler") == ["auto", "comotion", "mediapipe", "oracle"]
+    assert _options("source") == ["local", "pexels", "real", "synthetic"]
+    assert _options("labeler") == ["auto", "comotion", "mediapipe", "mediapipe_flip", "oracle"]
+    assert _options("model") == ["student", "student_l", "student_m", "student_s"]
     assert _options("logger") == ["csv", "none", "wandb"]
     assert _options("trainer") == ["cpu", "ddp", "default"]
-    assert {"demo", "mediapipe_local"} <= set(_options("experiment"))
+    assert {"demo", "mediapipe_local", "real_cpu", "real_long", "real_gpu"} <= set(
+        _options("experiment"))
+
+
+def test_real_experiments_hold_out_whole_clips_and_validate_their_last_step(tmp_path):
+    for name in ("real_cpu", "real_long", "real_gpu"):
+        cfg = _compose(tmp_path, f"experiment={name}")
+        assert len(cfg.source.val_videos) >= 4 and cfg.source.loop is False
+        assert cfg.model.net.head3d == "lift" and cfg.model.loss_lift_weight > 0
+        assert cfg.buffer.val_max_samples >= 1500  # every held-out person
+        assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
+    sizes = [_compose(tmp_path, f"model=student_{s}").model.net.widths for s in "sml"]
+    assert sizes[0] == _compose(tmp_path).model.net.widths  # the demo's student is the small one
+    assert sizes[0][-1] < sizes[1][-1] < sizes[2][-1]
 
 
 def test_plain_config_is_the_demo(tmp_path):

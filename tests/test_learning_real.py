@@ -1,11 +1,11 @@
 """The student learns from real footage: a short real run must beat the mean pose on a clip it
 never saw, and the learning benchmark reports it with the teacher's flip floor and a curve.
 
-Real components throughout: real clips from ../shared/footage decoded in memory, MediaPipe as the
-teacher, the `experiment=real_cpu` recipe through the `python -m train.train` CLI, and
-`python -m bench.learning` on its checkpoint. Small enough for CI (about two minutes on 2 cores):
-four dance and fitness clips to train on, one held-out dance clip (another person, another place,
-portrait instead of landscape) to judge it.
+Real components throughout: the real corpus (../shared/videos and ../shared/footage) decoded in
+memory, MediaPipe as the teacher, the `experiment=real_cpu` recipe through the
+`python -m train.train` CLI, and `python -m bench.learning` on its checkpoint. Small enough for CI
+(about three minutes on 2 cores): every other frame of the 23 other clips to train on for 600
+steps, one clip held out whole (a woman in a lab, small in a 1080p frame) to judge it.
 """
 
 import json
@@ -19,9 +19,7 @@ from shared_paths import REPO, SHARED
 pytest.importorskip("mediapipe")
 
 FOOTAGE = SHARED / "footage"
-TRAIN_CLIPS = ["animatex_dance_seaside", "iper_dribble_dance", "romp_fitness_jumping",
-               "stgcn_clean_and_jerk"]
-HELD_OUT = "musepose_dance_portrait"
+HELD_OUT = "ntu_single_woman"
 STEPS = 600
 
 
@@ -30,10 +28,9 @@ def real_run(tmp_path_factory):
     if not FOOTAGE.is_dir():
         pytest.skip(f"no footage at {FOOTAGE}")
     run_dir = tmp_path_factory.mktemp("real_run")
-    paths = ",".join(str(FOOTAGE / f"{clip}.mp4") for clip in [*TRAIN_CLIPS, HELD_OUT])
     proc = subprocess.run(
         [sys.executable, "-m", "train.train", "experiment=real_cpu", f"hydra.run.dir={run_dir}",
-         f"source.paths=[{paths}]", f"source.val_videos=[{HELD_OUT}]",
+         f"source.val_videos=[{HELD_OUT}]", "source.frameskip=2",
          f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS // 2}",
          "trainer.enable_progress_bar=false", "buffer.min_samples=300"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
@@ -48,7 +45,7 @@ def test_a_short_real_run_beats_the_mean_pose_on_a_held_out_clip(real_run):
     assert summary["status"] == "completed" and summary["steps"] == STEPS
     assert summary["teacher"] == "mediapipe" and summary["val_videos"] == 1
     train_videos = json.loads((real_run / "train_videos_rank0.json").read_text())["videos"]
-    assert HELD_OUT not in train_videos and set(train_videos) == set(TRAIN_CLIPS)
+    assert HELD_OUT not in train_videos and len(train_videos) >= 20
     # The latest state, not the best validation: no checkpoint selection on the held-out clip.
     assert summary["last_checkpoint"] == "checkpoints/last.ckpt"
     assert summary["mpjpe_vs_mean_pose"] < 1.0, summary
@@ -66,10 +63,11 @@ def test_learning_benchmark_reports_floor_baseline_and_curve(real_run, tmp_path)
     assert report == json.loads((tmp_path / "learning.json").read_text())
     assert report["step"] == STEPS and report["teacher"] == "mediapipe+flip"
     (clip,) = report["clips"]
-    assert clip["video_id"] == HELD_OUT and clip["people"] > 200
-    # The benchmark relabels the clip itself and agrees with the run's own validation.
+    assert clip["video_id"] == HELD_OUT and clip["people"] > 90  # every frame, not every other
+    # The benchmark relabels the clip itself and agrees with the run's own validation (which
+    # saw every other frame).
     summary = json.loads((real_run / "summary.json").read_text())
-    assert clip["mpjpe_mm"] == pytest.approx(summary["val/mpjpe_mm"], rel=0.02)
+    assert clip["mpjpe_mm"] == pytest.approx(summary["val/mpjpe_mm"], rel=0.1)
     assert clip["mpjpe_vs_mean_pose"] < 1.0
     # The teacher's disagreement with itself is far below the mean pose's error.
     assert 0 < clip["flip_floor_mpjpe_mm"] < 0.6 * clip["mean_pose_mpjpe_mm"]

@@ -17,7 +17,7 @@ SUMMARY_KEYS = {
     "status", "steps", "batch_size", "samples_pushed", "samples_consumed", "reads_per_sample",
     "teacher", "teacher_fps", "train_videos", "val_videos", "val/mpjpe_mm", "best_val_mpjpe_mm",
     "val/pa_mpjpe_mm", "val/mean_pose_mpjpe_mm", "mpjpe_vs_mean_pose", "wall_time_s",
-    "best_checkpoint",
+    "best_checkpoint", "last_checkpoint",
 }
 STEPS, BATCH = 40, 16
 
@@ -64,6 +64,11 @@ def test_checkpoints_load_with_weights_only(demo_run):
     assert "/" not in best.relative_to(run_dir / "checkpoints").as_posix()  # no metric-name folders
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["global_step"] in (20, 40)
+    # last.ckpt is the latest state, whichever validation was best (Lightning's own save_last
+    # would leave the state of the last improving validation there).
+    assert summary["last_checkpoint"] == "checkpoints/last.ckpt"
+    last = torch.load(run_dir / summary["last_checkpoint"], weights_only=True)
+    assert last["global_step"] == STEPS
     net = instantiate(cfg.model.net)  # the architecture lives in the run's config, not in hparams
     module = PoseDistillModule.load_from_checkpoint(best, net=net)
     out = module.eval()(net.example_input(1))

@@ -1,0 +1,232 @@
+"""Ablations of the real-footage recipe, side by side on the same labelled corpus.
+
+    python -m bench.ablation [--variants base lift lift_bg ...] [--steps 3000] [--json]
+    python -m bench.ablation --list
+
+Each clip of `source=real` (conf/source/real.yaml) is decoded in memory and labelled once by
+MediaPipe on the frame and on its mirror (`labeler.flip_tta.FlipTTATeacher.label_pairs`); the
+crops and labels stay in this process, never on disk. Then every variant trains a fresh student
+for the same number of steps from those samples (the in-memory equivalent of the ring buffer
+holding the whole corpus, as `experiment=real_cpu` does after its one labelling pass) with the
+real `train.module.PoseDistillModule` losses, `data.augment.BatchAugment` and
+`data.ring_buffer.video_weights`, and is evaluated on the held-out clips exactly as
+`bench.learning` evaluates a checkpoint (student vs the plain teacher, mean-pose baseline of
+its own training targets). A variant is a list of overrides of conf/model/<preset>.yaml plus
+two data options: `video_balance` and `flip_tta` (train on the flip-averaged labels).
+Reported per variant: held-out MPJPE, PA-MPJPE, their ratios to the mean pose, 2D PCK and the
+minutes it trained (wall clock, so run it alone on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bench.common import REPO_ROOT, load_conf
+from bench.learning import ClipSet, clip_metrics, label_clip, pooled, predict
+from data.ring_buffer import video_weights
+from labeler.flip_tta import FlipTTATeacher
+from train.metrics import MeanPoseBaseline
+from train.module import PoseDistillModule, image_to_float
+
+logger = logging.getLogger("bench.ablation")
+
+# name -> (model preset, overrides of that preset, data options). Light augmentation is the
+# model config's own (flip, +-20 deg, 0.9-1.1 zoom, 5% shift, colour 0.2).
+AUG_ON = ["augment.enabled=true"]
+STRONG = ["augment.rot_prob=0.5", "augment.rot_max_deg=30", "augment.scale_range=[0.75,1.25]",
+          "augment.shift_frac=0.1", "augment.color_jitter=0.3"]
+LIFT = ["net.head3d=lift", "net.dropout=0.1", "loss_lift_weight=1.0"]
+VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
+    "base": ("student_s", AUG_ON, {}),
+    "anchored": ("student_s", [*AUG_ON, "net.head3d=anchored"], {}),
+    "anchored_balance": ("student_s", [*AUG_ON, "net.head3d=anchored"], {"video_balance": 0.5}),
+    "lift": ("student_s", [*AUG_ON, *LIFT], {"video_balance": 0.5}),
+    "lift_no_teacher2d": ("student_s", [*AUG_ON, *LIFT, "loss_lift_weight=0"],
+                          {"video_balance": 0.5}),
+    "lift_heatmap": ("student_s", [*AUG_ON, *LIFT, "loss_heatmap_weight=0.1"],
+                     {"video_balance": 0.5}),
+    "lift_flip_tta": ("student_s", [*AUG_ON, *LIFT], {"video_balance": 0.5, "flip_tta": True}),
+    "lift_bg": ("student_s", [*AUG_ON, *LIFT, "augment.background_swap_prob=0.5"],
+                {"video_balance": 0.5}),
+    "lift_bg_strong": ("student_s", [*AUG_ON, *LIFT, *STRONG,
+                                     "augment.background_swap_prob=0.5"], {"video_balance": 0.5}),
+    "lift_m": ("student_m", [*AUG_ON, *LIFT], {"video_balance": 0.5}),
+}
+DEFAULT_VARIANTS = ("base", "lift", "lift_bg")
+
+
+@dataclass
+class Corpus:
+    """The labelled corpus in memory: training samples (all clips but the held-out) and the
+    held-out clips. Training arrays are `[N, ...]` as in `ClipSet`, plus `video` `[N]` int64."""
+
+    train: dict[str, torch.Tensor]
+    held_out: list[ClipSet]
+
+
+def real_source() -> dict[str, Any]:
+    """conf/source/real.yaml as a plain dict (paths resolved against the repository root)."""
+    node = OmegaConf.to_container(
+        OmegaConf.merge(load_conf("source", "local"), load_conf("source", "real")), resolve=False)
+    node.pop("defaults", None)
+    node["paths"] = [p.replace("${paths.root_dir}", str(REPO_ROOT)) for p in node["paths"]]
+    return node
+
+
+def label_corpus(crop_size: int, source: dict[str, Any] | None = None) -> Corpus:
+    """Label every clip of `source` (default `real_source()`) with the flip pair teacher, and
+    split the clips by its `val_videos`."""
+    node = dict(source or real_source())
+    held = list(node["val_videos"])
+    factory = instantiate(node)
+    ids = factory(split="all", loop=False).video_ids()
+    teacher = FlipTTATeacher(instantiate(load_conf("labeler", "mediapipe")))
+    clips = []
+    try:
+        for video_id in ids:
+            source = factory(split="val", val_videos=[video_id], loop=False)
+            try:
+                clips.append(label_clip(source, teacher, video_id, crop_size))
+                logger.info("labelled %s: %d people", video_id, len(clips[-1].image))
+            except RuntimeError as exc:  # nobody in the clip: nothing to train on
+                logger.info("skipped %s: %s", video_id, exc)
+            finally:
+                source.close()
+    finally:
+        teacher.close()
+    train_clips = [c for c in clips if c.video_id not in held]
+    train = {k: torch.cat([getattr(c, k) for c in train_clips]) for k in
+             ("image", "kpts2d", "kpts3d", "visibility", "mirror2d", "mirror3d", "mirror_vis",
+              "K_crop")}
+    train["video"] = torch.cat([torch.full((len(c.image),), i) for i, c in enumerate(train_clips)])
+    return Corpus(train=train, held_out=[c for c in clips if c.video_id in held])
+
+
+def flip_averaged(train: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Targets averaged with the mirror pass where both saw a joint (`average_labels`' rule)."""
+    both = (train["visibility"] > 0) & (train["mirror_vis"] > 0)
+    out = dict(train)
+    for key, mirror in (("kpts2d", "mirror2d"), ("kpts3d", "mirror3d")):
+        out[key] = torch.where(both[..., None], (train[key] + train[mirror]) / 2, train[key])
+    return out
+
+
+def build_module(preset: str, overrides: list[str], steps: int, crop_size: int
+                 ) -> PoseDistillModule:
+    """The LightningModule of conf/model/<preset>.yaml with `overrides`, for `steps` steps."""
+    node = load_conf("model", preset)
+    for parent in [d for d in node.get("defaults", []) if d != "_self_"]:
+        node = OmegaConf.merge(load_conf("model", parent), node)
+    node.pop("defaults", None)
+    node = OmegaConf.merge(node, OmegaConf.from_dotlist(overrides))
+    node.net.crop_size = crop_size
+    node.scheduler.total_steps = steps
+    node.scheduler.max_lr = node.optimizer.lr
+    node.scheduler.pct_start = 0.05
+    return instantiate(node)
+
+
+def train_variant(name: str, corpus: Corpus, steps: int, batch_size: int, seed: int
+                  ) -> dict[str, Any]:
+    """Train one variant for `steps` and evaluate it on the held-out clips."""
+    preset, overrides, data = VARIANTS[name]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    crop_size = corpus.train["image"].shape[-1]
+    module = build_module(preset, overrides, steps, crop_size)
+    train = flip_averaged(corpus.train) if data.get("flip_tta") else corpus.train
+    p = video_weights(train["video"].numpy(), data.get("video_balance", 0.0))
+    opt_cfg = module.configure_optimizers()
+    optimizer, scheduler = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    mean_pose = MeanPoseBaseline()
+    module.train()
+    start = time.monotonic()
+    for _ in range(steps):
+        idx = torch.from_numpy(rng.choice(len(p), batch_size, p=p))
+        batch = {k: train[k][idx] for k in ("kpts2d", "kpts3d", "visibility", "K_crop")}
+        batch["image"] = image_to_float(train["image"][idx])
+        mean_pose.update(batch["kpts3d"], batch["visibility"])
+        if module.augment is not None:
+            batch = module.augment(batch)
+        loss = module.losses(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    minutes = (time.monotonic() - start) / 60
+    net, mean = module.net.eval(), mean_pose.mean()
+    preds = [predict(net, clip.image) for clip in corpus.held_out]
+    rows = [clip_metrics(c, *pr, mean) for c, pr in zip(corpus.held_out, preds)]
+    total = pooled(corpus.held_out, preds, mean)
+    for row in [*rows, total]:
+        row.pop("_joint_sum_mm")
+        row.pop("_joint_count")
+    return {"variant": name, "preset": preset, "overrides": overrides, "data": data,
+            "steps": steps, "minutes": minutes, "all": total, "clips": rows}
+
+
+def format_rows(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per variant, pooled over the held-out clips, then per-clip ratios."""
+    clips = [r["video_id"] for r in results[0]["clips"]]
+    head = ("| variant | MPJPE (ratio) | PA-MPJPE (ratio) | 2D PCK@0.05 / @0.1 | per-clip ratio "
+            f"({', '.join(clips)}) | min |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in results:
+        a = r["all"]
+        per_clip = " / ".join(f"{c['mpjpe_vs_mean_pose']:.2f}" for c in r["clips"])
+        lines.append(
+            f"| {r['variant']} | {a['mpjpe_mm']:.1f} ({a['mpjpe_vs_mean_pose']:.3f}) | "
+            f"{a['pa_mpjpe_mm']:.1f} ({a['pa_mpjpe_vs_mean_pose']:.3f}) | "
+            f"{a['pck2d_0.05']:.1f} / {a['pck2d_0.1']:.1f} | {per_clip} | {r['minutes']:.1f} |")
+    a = results[0]["all"]
+    lines += ["", f"mean pose {a['mean_pose_mpjpe_mm']:.1f} mm (PA {a['mean_pose_pa_mpjpe_mm']:.1f})"
+              f"; teacher flip floor {a['flip_floor_mpjpe_mm']:.1f} mm "
+              f"(PA {a['flip_floor_pa_mpjpe_mm']:.1f}); {a['people']} held-out people"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        choices=sorted(VARIANTS), metavar="NAME")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (preset, overrides, data) in VARIANTS.items():
+            print(f"{name}: model={preset} {' '.join(overrides)} {data or ''}")
+        return 0
+    if args.steps <= 0 or args.batch_size <= 0 or args.crop_size % 32:
+        parser.error("--steps and --batch-size must be > 0, --crop-size a multiple of 32")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    corpus = label_corpus(args.crop_size)
+    results = []
+    for name in args.variants:
+        results.append(train_variant(name, corpus, args.steps, args.batch_size, args.seed))
+        a = results[-1]["all"]
+        logger.info("%s: MPJPE %.1f mm, ratio %.3f, PA ratio %.3f, %.1f min", name,
+                    a["mpjpe_mm"], a["mpjpe_vs_mean_pose"], a["pa_mpjpe_vs_mean_pose"],
+                    results[-1]["minutes"])
+    print(json.dumps(results) if args.json else format_rows(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
