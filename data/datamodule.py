@@ -268,6 +268,14 @@ class StreamDataModule(L.LightningDataModule):
         return getattr(self._producer, "restarts", 0)
 
     @property
+    def labelling_finished(self) -> bool:
+        """True once the producers ended cleanly because their finite stream ran out
+        (`source.loop=false`): no more samples will come, and their cores are free."""
+        producer = self._producer
+        return (producer is not None and producer.error is None
+                and producer.failure_reason() is not None)
+
+    @property
     def producer_failure(self) -> str | None:
         """Why the producer stopped delivering (crash, source ran out), or None while it runs."""
         return None if self._producer is None else self._producer.failure_reason()

@@ -121,6 +121,43 @@ def test_setup_freezes_val_and_the_train_loader_primes_the_buffer():
         dm.teardown("fit")
 
 
+def test_a_finite_stream_finishes_labelling_and_training_goes_on_with_all_cores():
+    from train.callbacks import ReclaimProducerCores
+
+    def once(split="train", loop=True):  # source.loop=false: one pass over 3 x 16 frames
+        return FakeSource([(f"{split}-{i}", 16) for i in range(3)], loop=False)
+
+    dm = _module(once, capacity=64, min_samples=32)
+    threads = torch.get_num_threads()
+    try:
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        deadline = time.monotonic() + 10
+        while not dm.labelling_finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dm.labelling_finished and dm.producer_stats.total.samples_pushed == 48
+        dm.check_producers()  # a clean end is no failure: batches keep coming from the buffer
+        assert next(loader)["image"].shape[0] == 8
+        torch.set_num_threads(1)
+        trainer = type("Trainer", (), {"datamodule": dm, "global_step": 100, "world_size": 1})
+        callback = ReclaimProducerCores(threads=2, every_n_steps=50)
+        callback.on_train_batch_end(trainer, None)
+        assert callback.reclaimed_at_step == 100 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+        dm.teardown("fit")
+
+
+def test_a_looping_stream_never_counts_as_finished():
+    dm = _module(_source_factory([]))
+    try:
+        dm.setup("fit")
+        dm.train_dataloader()
+        assert not dm.labelling_finished
+    finally:
+        dm.teardown("fit")
+
+
 def test_loaders_give_batches_of_the_right_shapes_and_dtypes():
     dm = _module(_source_factory([]))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 logger = logging.getLogger(__name__)
@@ -192,6 +194,44 @@ class CheckpointOnException(L.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
         self.saved = self.path
         logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.path)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ReclaimProducerCores(L.Callback):
+    """Gives the producers' cores to training once a finite stream is fully labelled.
+
+    Training starts with one core per producer left free (`train.train.set_torch_threads`).
+    With `source.loop=false` the producers stop after one pass (a fixed corpus: MediaPipe labels
+    the 4,400 training frames of the real corpus in about a minute) and the trainer keeps
+    sampling the buffer; from then on the whole machine can train. Checked every
+    `every_n_steps` steps through `StreamDataModule.labelling_finished`.
+
+    Args:
+        threads: torch intra-op threads to use once the producers are done; None: this rank's
+            share of the usable cores.
+        every_n_steps: how often to look.
+    """
+
+    def __init__(self, threads: int | None = None, every_n_steps: int = 50) -> None:
+        self.threads, self.every_n_steps = threads, every_n_steps
+        self.reclaimed_at_step: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           *args: Any) -> None:
+        if self.reclaimed_at_step is not None or trainer.global_step % self.every_n_steps:
+            return
+        if getattr(trainer.datamodule, "labelling_finished", False):
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads or max(1, usable_cores() // trainer.world_size))
+            self.reclaimed_at_step = trainer.global_step
+            logger.info("labelling finished at step %d: torch threads %d -> %d",
+                        trainer.global_step, before, torch.get_num_threads())
 
 
 class SaveLastCheckpoint(L.Callback):

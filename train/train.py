@@ -39,9 +39,11 @@ from labeler.base import TeacherUnavailableError
 from train.callbacks import (
     BufferTelemetry,
     CheckpointOnException,
+    ReclaimProducerCores,
     SaveLastCheckpoint,
     ScheduleOnResume,
     stream_telemetry,
+    usable_cores,
 )
 from train.panels import SkeletonPanels
 from train.redact import redacted_config
@@ -134,6 +136,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks: list[Callback] = [
         checkpoint, SaveLastCheckpoint(checkpoint.dirpath), BufferTelemetry(), saver,
         ScheduleOnResume(),
+        # A finite stream (source.loop=false) frees the producers' cores after one pass.
+        *([ReclaimProducerCores()] if cfg.get("torch_threads") is None else []),
         *logger_callbacks(cfg.get("logger"), loggers),
     ]
     trainer: L.Trainer = instantiate(
@@ -318,8 +322,7 @@ def set_torch_threads(n: int | None, *, ranks: int = 1, producers: int = 1) -> i
         The thread count now in use.
     """
     if n is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        n = max(1, (cores or 1) // max(ranks, 1) - producers)
+        n = max(1, usable_cores() // max(ranks, 1) - producers)
     torch.set_num_threads(int(n))
     if ranks > 1:
         os.environ["OMP_NUM_THREADS"] = str(n)
