@@ -44,6 +44,15 @@ def load_conf(group: str, name: str) -> DictConfig:
     return OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
 
 
+def model_preset(name: str) -> DictConfig:
+    """`conf/model/<name>.yaml` with the presets it builds on (its `defaults`) merged in."""
+    node = load_conf("model", name)
+    for parent in [d for d in node.get("defaults", []) if d != "_self_"]:
+        node = OmegaConf.merge(model_preset(parent), node)
+    node.pop("defaults", None)
+    return node
+
+
 def training_crop_size() -> int:
     """Crop side S in pixels that training uses (`buffer.crop_size`, conf/buffer/default.yaml)."""
     return int(load_conf("buffer", "default").crop_size)

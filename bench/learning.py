@@ -19,6 +19,9 @@ cuts them (`stream_pose.codec.crop_sample`, the teacher's box). Reported per cli
 - the teacher's noise floor: the teacher on the mirror image (mirrored back) vs the teacher on the
   frame. The student is judged against the plain teacher, so it cannot be expected to get closer
   to it than the teacher gets to itself;
+- left/right: the share of people whose predicted 2D fits the teacher better with left and
+  right swapped, i.e. seen facing the other way (front for back): the error that dominates on
+  unseen clips;
 - speed: student ms/frame (batch 1, torch, this machine's threads) beside the teacher's ms/frame
   (one pass), measured in the same run.
 
@@ -55,7 +58,7 @@ from bench.common import REPO_ROOT
 from labeler.flip_tta import FlipTTATeacher
 from stream_pose.camera import apply_affine
 from stream_pose.codec import box_crop_affine, crop_sample
-from stream_pose.skeleton import JOINT_NAMES
+from stream_pose.skeleton import FLIP_PERM, JOINT_NAMES
 from train.checkpoint import LoadedStudent, load_student
 from train.metrics import mpjpe, pa_mpjpe, pck3d
 from train.module import image_to_float
@@ -183,9 +186,31 @@ def clip_metrics(clip: ClipSet, pred3d: torch.Tensor, pred2d: torch.Tensor,
     for frac in PCK2D_FRACTIONS:
         hit = ((d2 < frac * side).float() * vis).sum() / vis.sum().clamp_min(1)
         out[f"pck2d_{frac:g}"] = 100 * hit.item()
+    out["left_right_swapped_pct"] = 100 * left_right_swapped(pred2d, clip.kpts2d, vis).item()
     out["mpjpe_vs_mean_pose"] = out["mpjpe_mm"] / out["mean_pose_mpjpe_mm"]
     out["pa_mpjpe_vs_mean_pose"] = out["pa_mpjpe_mm"] / out["mean_pose_pa_mpjpe_mm"]
     return out
+
+
+def left_right_swapped(pred2d: torch.Tensor, kpts2d: torch.Tensor, vis: torch.Tensor
+                       ) -> torch.Tensor:
+    """Fraction of people whose predicted 2D fits the teacher better with left and right swapped.
+
+    A person's left/right decides which way they face (front or back), and the lifted 3D turns
+    with it: a swapped person is roughly mirrored in depth. Mean 2D error over visible joints,
+    as predicted vs with `FLIP_PERM` applied to the prediction.
+
+    Args:
+        pred2d, kpts2d: `[N, J, 2]` crop pixels; vis: `[N, J]`.
+
+    Returns:
+        Scalar in [0, 1].
+    """
+    perm = torch.as_tensor(FLIP_PERM)
+    weight = vis / vis.sum(1, keepdim=True).clamp_min(1)
+    err = (torch.linalg.vector_norm(pred2d - kpts2d, dim=-1) * weight).sum(1)
+    swapped = (torch.linalg.vector_norm(pred2d[:, perm] - kpts2d, dim=-1) * weight).sum(1)
+    return (swapped < err).float().mean()
 
 
 def pooled(clips: list[ClipSet], preds: list[tuple[torch.Tensor, torch.Tensor]],
@@ -293,18 +318,19 @@ def evaluate_run(loaded: LoadedStudent, ids: list[str]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table (one row per clip, then all clips pooled) and notes."""
-    head = ("| clip | people | MPJPE | PA-MPJPE | PCK3D@150 | 2D PCK@0.05 / @0.1 | mean pose "
-            "(PA) | ratio (PA ratio) | flip floor (PA) |")
+    head = ("| clip | people | MPJPE | PA-MPJPE | PCK3D@150 | 2D PCK@0.05 / @0.1 | L/R swapped "
+            "| mean pose (PA) | ratio (PA ratio) | flip floor (PA) |")
     lines = [f"checkpoint {report['checkpoint']} (step {report['step']}), teacher "
-             f"{report['teacher']}; errors in mm vs the teacher, PCK in %", "", head,
-             "|" + "---|" * 9]
+             f"{report['teacher']}; errors in mm vs the teacher, PCK and swaps in %", "", head,
+             "|" + "---|" * 10]
     for row in [*report["clips"], report["all"]]:
         floor = row["flip_floor_mpjpe_mm"]
         floor_text = "n/a" if floor is None else f"{floor:.0f} ({row['flip_floor_pa_mpjpe_mm']:.0f})"
         lines.append(
             f"| {row['video_id']} | {row['people']} | {row['mpjpe_mm']:.1f} | "
             f"{row['pa_mpjpe_mm']:.1f} | {row['pck3d_150']:.1f} | {row['pck2d_0.05']:.1f} / "
-            f"{row['pck2d_0.1']:.1f} | {row['mean_pose_mpjpe_mm']:.1f} "
+            f"{row['pck2d_0.1']:.1f} | {row['left_right_swapped_pct']:.0f} | "
+            f"{row['mean_pose_mpjpe_mm']:.1f} "
             f"({row['mean_pose_pa_mpjpe_mm']:.1f}) | {row['mpjpe_vs_mean_pose']:.2f} "
             f"({row['pa_mpjpe_vs_mean_pose']:.2f}) | {floor_text} |")
     joints = ", ".join(f"{k} {v:.0f}" for k, v in report["per_joint_mpjpe_mm"].items())
@@ -378,7 +404,7 @@ def plot_curves(runs: dict[str, Path], out: Path, floor_mm: float | None = None)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out error vs teacher (mm)")
-    axes[1].legend(fontsize=8, loc="upper right")
+    axes[1].legend(fontsize=8, loc="center right")
     fig.suptitle("student vs teacher on held-out real clips")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

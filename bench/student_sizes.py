@@ -21,8 +21,8 @@ from bench.common import (
     Report,
     Row,
     emit,
-    load_conf,
     make_parser,
+    model_preset,
     parse_args,
     positive_int,
     time_interleaved,
@@ -35,10 +35,7 @@ PRESETS = ("student_s", "student_m", "student_l")
 
 def build(preset: str, crop_size: int, head3d: str | None) -> PoseStudent:
     """The preset's student (conf/model/<preset>.yaml, its `defaults` applied) in eval mode."""
-    node = load_conf("model", preset)
-    for parent in [d for d in node.get("defaults", []) if d != "_self_"]:
-        node = OmegaConf.merge(load_conf("model", parent), node)
-    net_cfg = OmegaConf.to_container(node.net, resolve=False)
+    net_cfg = OmegaConf.to_container(model_preset(preset).net, resolve=False)
     net_cfg["crop_size"] = crop_size
     if head3d is not None:
         net_cfg["head3d"] = head3d

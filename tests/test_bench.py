@@ -390,3 +390,17 @@ def test_ablation_trains_each_variant_on_the_same_labelled_corpus():
         assert 0 < r["all"]["mpjpe_mm"] and 0 < r["all"]["mean_pose_mpjpe_mm"]
     table = ablation.format_rows(results)
     assert "| lift_bg |" in table and "teacher flip floor" in table
+    lift = ablation.teacher_lift(corpus, steps=2, batch_size=8, seed=0, noise=0.03)
+    assert lift["noise"] == 0.03 and lift["mpjpe_mm"] > 0 and lift["mpjpe_vs_mean_pose"] > 0
+
+
+def test_left_right_swaps_are_counted_per_person():
+    from bench.learning import left_right_swapped
+    from stream_pose.skeleton import FLIP_PERM
+
+    teacher = torch.rand(4, 27, 2) * 100
+    pred = teacher + 0.5
+    pred[:3] = pred[:3, torch.as_tensor(FLIP_PERM)]  # three people seen facing the other way
+    vis = torch.ones(4, 27)
+    assert left_right_swapped(pred, teacher, vis).item() == 0.75
+    assert left_right_swapped(teacher, teacher, vis).item() == 0.0

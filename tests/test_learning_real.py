@@ -4,8 +4,10 @@ never saw, and the learning benchmark reports it with the teacher's flip floor a
 Real components throughout: the real corpus (../shared/videos and ../shared/footage) decoded in
 memory, MediaPipe as the teacher, the `experiment=real_cpu` recipe through the
 `python -m train.train` CLI, and `python -m bench.learning` on its checkpoint. Small enough for CI
-(about three minutes on 2 cores): every other frame of the 23 other clips to train on for 600
-steps, one clip held out whole (a woman in a lab, small in a 1080p frame) to judge it.
+(about four minutes on 2 cores): every other frame of the 22 other clips to train on for 2,000
+steps, two clips held out whole to judge it (tai chi and wide stretches outdoors at 340x256; a
+girl dancing in portrait 9:16 before a cartoon background). The student must beat the mean pose
+on them together and on at least one of them alone. (After 600 steps it did not yet.)
 """
 
 import json
@@ -19,8 +21,8 @@ from shared_paths import REPO, SHARED
 pytest.importorskip("mediapipe")
 
 FOOTAGE = SHARED / "footage"
-HELD_OUT = "ntu_single_woman"
-STEPS = 600
+HELD_OUT = ["stgcn_taichi_stretch", "musepose_dance_portrait"]
+STEPS = 2000
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def real_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("real_run")
     proc = subprocess.run(
         [sys.executable, "-m", "train.train", "experiment=real_cpu", f"hydra.run.dir={run_dir}",
-         f"source.val_videos=[{HELD_OUT}]", "source.frameskip=2",
+         f"source.val_videos=[{','.join(HELD_OUT)}]", "source.frameskip=2",
          f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS // 2}",
          "trainer.enable_progress_bar=false", "buffer.min_samples=300"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
@@ -40,12 +42,12 @@ def real_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_short_real_run_beats_the_mean_pose_on_a_held_out_clip(real_run):
+def test_a_short_real_run_beats_the_mean_pose_on_held_out_clips(real_run):
     summary = json.loads((real_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == STEPS
-    assert summary["teacher"] == "mediapipe" and summary["val_videos"] == 1
+    assert summary["teacher"] == "mediapipe" and summary["val_videos"] == 2
     train_videos = json.loads((real_run / "train_videos_rank0.json").read_text())["videos"]
-    assert HELD_OUT not in train_videos and len(train_videos) >= 20
+    assert not set(HELD_OUT) & set(train_videos) and len(train_videos) >= 20
     # The latest state, not the best validation: no checkpoint selection on the held-out clip.
     assert summary["last_checkpoint"] == "checkpoints/last.ckpt"
     assert summary["mpjpe_vs_mean_pose"] < 1.0, summary
@@ -62,18 +64,21 @@ def test_learning_benchmark_reports_floor_baseline_and_curve(real_run, tmp_path)
     report = json.loads(proc.stdout.splitlines()[-2])  # then the "wrote ..." line
     assert report == json.loads((tmp_path / "learning.json").read_text())
     assert report["step"] == STEPS and report["teacher"] == "mediapipe+flip"
-    (clip,) = report["clips"]
-    assert clip["video_id"] == HELD_OUT and clip["people"] > 90  # every frame, not every other
-    # The benchmark relabels the clip itself and agrees with the run's own validation (which
-    # saw every other frame).
+    clips = {c["video_id"]: c for c in report["clips"]}
+    assert list(clips) == HELD_OUT
+    assert clips[HELD_OUT[0]]["people"] > 250  # every frame, where validation saw every other
+    # The benchmark relabels the clips itself and agrees with the run's own validation.
     summary = json.loads((real_run / "summary.json").read_text())
-    assert clip["mpjpe_mm"] == pytest.approx(summary["val/mpjpe_mm"], rel=0.1)
-    assert clip["mpjpe_vs_mean_pose"] < 1.0
-    # The teacher's disagreement with itself is far below the mean pose's error.
-    assert 0 < clip["flip_floor_mpjpe_mm"] < 0.6 * clip["mean_pose_mpjpe_mm"]
-    for key in ("pck2d_0.05", "pck2d_0.1", "pck3d_150"):
-        assert 0 < clip[key] <= 100
-    assert clip["pck2d_0.05"] <= clip["pck2d_0.1"]
+    assert report["all"]["mpjpe_mm"] == pytest.approx(summary["val/mpjpe_mm"], rel=0.1)
+    assert report["all"]["mpjpe_vs_mean_pose"] < 1.0
+    assert min(c["mpjpe_vs_mean_pose"] for c in clips.values()) < 1.0
+    for clip in clips.values():
+        # The teacher's disagreement with itself is far below the mean pose's error.
+        assert 0 < clip["flip_floor_mpjpe_mm"] < 0.6 * clip["mean_pose_mpjpe_mm"]
+        for key in ("pck2d_0.05", "pck2d_0.1", "pck3d_150"):
+            assert 0 < clip[key] <= 100
+        assert clip["pck2d_0.05"] <= clip["pck2d_0.1"]
+        assert 0 <= clip["left_right_swapped_pct"] <= 100
     assert report["per_joint_mpjpe_mm"]["pelvis"] == 0 and "left_wrist" in report["per_joint_mpjpe_mm"]
     assert 0 < report["student_ms_per_frame"] < report["teacher_ms_per_frame"] * 10
     png = tmp_path / "learning_curves.png"
