@@ -283,6 +283,7 @@ class RingBuffer:
         if writer < 0:
             raise ValueError(f"writer ids are >= 0, got {writer}")
         self.capacity, self.crop_size, self.storage = capacity, crop_size, storage
+        self._weights: tuple[tuple[int, int, float], np.ndarray] | None = None  # video_balance
         self._storage_options = storage_options
         self._memory, self._lock, self._writer = memory, lock, int(writer)
         self._data = memory.arrays
@@ -447,8 +448,7 @@ class RingBuffer:
             )
         rng = rng or self._rng
         if video_balance > 0:
-            # Racy read of the keys: they only weight the draw; `_read` checks every row.
-            p = video_weights(self._rows["video_key"][:size], video_balance)
+            p = self._video_weights(size, video_balance)
             draw = lambda n: rng.choice(size, n, p=p)  # noqa: E731
         else:
             draw = lambda n: rng.integers(0, size, n)  # noqa: E731
@@ -459,6 +459,16 @@ class RingBuffer:
             self._counters[_RETRIES] += retries
             self._counters[_WAIT_NS] += time.perf_counter_ns() - start
         return rows
+
+    def _video_weights(self, size: int, alpha: float) -> np.ndarray:
+        """`video_weights` of the filled slots, recomputed only after new pushes.
+
+        A racy read of the keys: they only weight the draw, and `_read` checks every row.
+        """
+        key = (int(self._counters[_PUSHED]), size, alpha)
+        if self._weights is None or self._weights[0] != key:
+            self._weights = key, video_weights(self._rows["video_key"][:size], alpha)
+        return self._weights[1]
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Copies of all filled slots, oldest first, `OUTPUT_FIELDS` `[size, ...]` (a val set)."""
