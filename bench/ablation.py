@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results + [{"teacher_lift": lift} for lift in lifts]))
         return 0
-    print(format_rows(results))
+    if results:
+        print(format_rows(results))
     for lift in lifts:
         print(f"lifting the teacher's 2D (noise {lift['noise']:g} x S): MPJPE "
               f"{lift['mpjpe_mm']:.1f} mm, ratio {lift['mpjpe_vs_mean_pose']:.3f}, "

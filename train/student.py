@@ -122,9 +122,9 @@ class PoseStudent(nn.Module):
             through a two-hidden-layer MLP; Martinez et al., ICCV 2017). No image feature
             reaches it, so it cannot memorise backgrounds, and it can be trained on the
             teacher's own 2D as well (`PoseDistillModule(loss_lift_weight=...)`). On the real
-            corpus an MLP lifting MediaPipe's 2D lands at 0.36x the mean-pose error on the
-            held-out clips (0.41x with 3% of the crop side of 2D noise): the 2D is the hard
-            part, and the 3D follows from it.
+            corpus this head run on MediaPipe's own 2D lands at 0.46x the mean-pose error on
+            the held-out clips (0.56x with 3% of the crop side of 2D noise; `bench.ablation
+            --teacher-lift`): the 2D is the hard part, and the 3D follows from it.
         dropout: dropout in the 3D MLP (0 = off).
         lift_grad_to_2d: "lift" only: let the 3D loss reach the 2D heatmaps through the
             predicted 2D (False: the 2D learns from the 2D loss alone).
