@@ -15,8 +15,8 @@ from labeler.base import Teacher, TeacherUnavailableError
 TEACHERS: dict[str, str] = {
     "auto": "labeler.auto:auto_teacher",
     "comotion": "labeler.comotion:CoMotionTeacher",
-    "flip_tta": "labeler.flip_tta:FlipTTATeacher",
     "mediapipe": "labeler.mediapipe_teacher:MediaPipeTeacher",
+    "mediapipe_flip": "labeler.flip_tta:mediapipe_flip",
     "oracle": "labeler.oracle:OracleTeacher",
 }
 

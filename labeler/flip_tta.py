@@ -15,7 +15,8 @@ Mirroring back (image width W, pixel centres at integers): x -> (W - 1) - x in 2
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import numpy as np
 
@@ -168,3 +169,17 @@ class FlipTTATeacher:
         self._plain.close()
         self._mirror.close()
 
+
+
+def mediapipe_flip(**mediapipe_options: Any) -> FlipTTATeacher:
+    """MediaPipe with flip test-time augmentation (`pipeline.py --labeler mediapipe_flip`).
+
+    Args:
+        mediapipe_options: keyword arguments of `labeler.mediapipe_teacher.MediaPipeTeacher`.
+
+    Raises:
+        TeacherUnavailableError: mediapipe is not installed (see `MediaPipeTeacher`).
+    """
+    from labeler.mediapipe_teacher import MediaPipeTeacher  # mediapipe imports slowly
+
+    return FlipTTATeacher(functools.partial(MediaPipeTeacher, **mediapipe_options))

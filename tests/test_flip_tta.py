@@ -124,3 +124,23 @@ def test_flip_teacher_averages_the_mirror_pass_after_mirroring_back():
     np.testing.assert_allclose(label.kpts3d, expected, atol=1e-5)
     tta.reset()
     assert [t.resets for t in teachers] == [1, 1]
+
+
+def test_pipeline_labels_with_the_flip_pair(tmp_path):
+    pytest.importorskip("mediapipe")
+    import json
+    import subprocess
+    import sys
+
+    from shared_paths import REPO, VIDEOS
+
+    proc = subprocess.run(
+        [sys.executable, "pipeline.py", "--dry-run", "--labeler", "mediapipe_flip", "--json",
+         "--run-dir", str(tmp_path), "--video", str(VIDEOS / "basketball_single.mp4"),
+         "--max-frames", "6"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["teacher"] == "mediapipe+flip"
+    assert report["total"]["frames"] == 6 and report["total"]["persons"] >= 5
