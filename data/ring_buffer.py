@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,8 +54,9 @@ _POLL_S = 0.01  # `wait_for` polling period
 _ABORT_POLL_S = 0.1  # `wait_for` calls its `abort` callback this often
 
 # Counters, in one int64 array beside the slots.
-_CURSOR, _SIZE, _PUSHED, _OVERWRITTEN, _READ, _RETRIES, _WAIT_NS, _CROP_BYTES, _REENCODED = range(9)
-_NUM_COUNTERS = 9
+(_CURSOR, _SIZE, _PUSHED, _OVERWRITTEN, _READ, _RETRIES, _WAIT_NS, _CROP_BYTES, _REENCODED,
+ _LOCK_OWNER) = range(10)  # _LOCK_OWNER: pid holding the lock, 0 when free
+_NUM_COUNTERS = 10
 
 _LABEL_FIELDS = ("kpts2d", "kpts3d", "visibility", "K_crop")  # float32 copies of Sample fields
 _ID_FIELDS = ("video_key", "frame_index", "track_id", "writer")
@@ -283,6 +285,7 @@ class RingBuffer:
         if writer < 0:
             raise ValueError(f"writer ids are >= 0, got {writer}")
         self.capacity, self.crop_size, self.storage = capacity, crop_size, storage
+        self._pid = os.getpid()
         self._weights: tuple[tuple[int, int, float], np.ndarray] | None = None  # video_balance
         self._storage_options = storage_options
         self._memory, self._lock, self._writer = memory, lock, int(writer)
@@ -632,10 +635,28 @@ class RingBuffer:
                 f"the ring buffer lock was held for over {LOCK_TIMEOUT_S:.0f} s: a process "
                 "sharing the buffer probably died inside a push or read"
             )
+        self._counters[_LOCK_OWNER] = self._pid
         try:
             yield
         finally:
+            self._counters[_LOCK_OWNER] = 0
             self._lock.release()
+
+    def release_lock_of(self, pid: int) -> bool:
+        """Release the lock if process `pid` died holding it; True if it did.
+
+        A producer killed by SIGKILL inside a push (a few microseconds under the lock, or while
+        polling the counters when the buffer is full) leaves the lock taken for good, and every
+        other process would then fail with `BufferLockTimeoutError`. The pool calls this for a
+        dead worker before restarting it. The process must be dead: a live holder would lose
+        its lock. A kill between taking the lock and recording the owner (two statements) is
+        not recovered.
+        """
+        if pid <= 0 or int(self._counters[_LOCK_OWNER]) != pid:
+            return False
+        self._counters[_LOCK_OWNER] = 0
+        self._lock.release()  # a semaphore: any process may release it
+        return True
 
     def _check_open(self) -> None:
         if self._final is not None:

@@ -574,6 +574,9 @@ class ProducerPool:
             logger.info("producer %d finished: its source ran out", worker.index)
             return
         ended = worker.ended or WorkerError(_exit_text(worker.process.exitcode))
+        if self._buffer.release_lock_of(worker.process.pid):
+            logger.warning("producer %d (pid %d) died holding the buffer lock: released",
+                           worker.index, worker.process.pid)
         abandoned = self._buffer.abandon_writes(worker.index)
         where = f"producer {worker.index} (pid {worker.process.pid})"
         if ended.fatal or worker.restarts >= self.settings.max_restarts:

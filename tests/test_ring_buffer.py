@@ -294,3 +294,34 @@ def test_stats_count_memory_per_slot_and_reader_time():
 def test_a_process_local_buffer_cannot_be_handed_to_another_process():
     with pytest.raises(RuntimeError, match="shared=True"):
         RingBuffer(4, S).handle
+
+
+def _hold_lock_forever(buffer):
+    """Child: take the buffer's lock (as a push does) and never let go."""
+    with buffer._locked():
+        time.sleep(600)
+
+
+def test_the_lock_of_a_process_killed_holding_it_can_be_released():
+    import multiprocessing
+    import signal
+
+    with RingBuffer(8, S, shared=True) as buf:
+        child = multiprocessing.get_context("spawn").Process(target=_hold_lock_forever,
+                                                             args=(buf,))
+        child.start()
+        try:
+            deadline = time.monotonic() + 30
+            while buf._counters[-1] != child.pid and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the child holds the lock
+            assert buf.release_lock_of(os.getpid()) is False  # not ours: left alone
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+            assert buf.release_lock_of(child.pid) is True
+            assert buf.release_lock_of(child.pid) is False  # once only
+            buf.push(_sample(1))  # the buffer works again at once
+            assert len(buf) == 1
+        finally:
+            if child.is_alive():
+                child.kill()
+                child.join()
