@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from labeler.base import Teacher
 from stream_pose.types import Frame
+from train.callbacks import usable_cores
 from video_sources.decode import check_decode_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,11 +89,10 @@ def machine_info() -> dict[str, Any]:
     `load_avg_1m` is the 1-minute load average when the report is made: well above the cores
     the benchmark itself keeps busy (see `cores_note`), other jobs shared the CPU.
     """
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "opencv_threads": cv2.getNumThreads(),
         "os": platform.platform(),
