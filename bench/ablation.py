@@ -36,8 +36,8 @@ from bench.common import REPO_ROOT, load_conf, model_preset
 from bench.learning import ClipSet, clip_metrics, label_clip, pooled, predict
 from data.ring_buffer import video_weights
 from labeler.flip_tta import FlipTTATeacher
-from train.metrics import MeanPoseBaseline
 from train.losses import masked_l1
+from train.metrics import MeanPoseBaseline
 from train.module import PoseDistillModule, image_to_float
 
 logger = logging.getLogger("bench.ablation")

@@ -8,7 +8,7 @@
 Both sides run the real training step: a Lightning `Trainer.fit` of `PoseDistillModule` built
 from conf/model/student.yaml (the student, AdamW, the loss weights) with `BatchAugment` on
 (conf/model/student.yaml's settings, enabled), on the CPU, with torch threads as training sets
-them (`train.train.set_torch_threads`). Per step: uint8 -> float in `on_after_batch_transfer`,
+them (`stream_pose.runtime.set_torch_threads`). Per step: uint8 -> float in `on_after_batch_transfer`,
 augmentation, forward, loss, backward, optimizer step, Lightning's own bookkeeping. They differ
 only in where batches come from:
 
@@ -63,8 +63,8 @@ from bench.samples import fill, labelled_rows
 from data.dataset import BufferDataset
 from data.ring_buffer import RingBuffer
 from data.workers import ProducerPool, ProducerSettings
+from stream_pose.runtime import set_torch_threads
 from train.module import PoseDistillModule
-from train.train import set_torch_threads
 from video_sources.local import LocalSource
 
 BUFFER, STATIC = "buffer", "static"

@@ -47,19 +47,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench.common import REPO_ROOT
 from labeler.flip_tta import FlipTTATeacher
+from serve.checkpoint import LoadedStudent, load_student
 from stream_pose.camera import apply_affine
 from stream_pose.codec import box_crop_affine, crop_sample
 from stream_pose.skeleton import FLIP_PERM, JOINT_NAMES
-from train.checkpoint import LoadedStudent, load_student
 from train.metrics import mpjpe, pa_mpjpe, pck3d
 from train.module import image_to_float
 

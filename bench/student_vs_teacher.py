@@ -8,7 +8,7 @@
   size S (conf/buffer/default.yaml), in eval mode under `torch.inference_mode()`, on uint8 crops
   `[B, 3, S, S]` made float in [0, 1] inside the timed region (as training does on its device);
   `--student-frames` frames per pass at each batch size B.
-- exported student: the same network exported by `train.export` to ONNX (uint8 input) and run by
+- exported student: the same network exported by `serve.export` to ONNX (uint8 input) and run by
   ONNX Runtime on the CPU with as many intra-op threads as torch: what a user deploys, and the
   counterpart of MediaPipe, which runs on its own optimised runtime (TFLite with XNNPACK).
 - teacher: MediaPipe (conf/labeler/mediapipe.yaml) on whole frames decoded beforehand at the
@@ -16,7 +16,7 @@
   tracking the person from frame to frame, as in training. MediaPipe has no batch mode, so its
   frames/s is the same for every student batch size.
 
-Torch threads are set as training sets them (`train.train.set_torch_threads`: all usable cores
+Torch threads are set as training sets them (`stream_pose.runtime.set_torch_threads`: all usable cores
 but one, which the producer needs) unless `--torch-threads` is given. Reported: frames/s of each
 (median over repeats) and the ratio student/teacher, in wall time and again per CPU second of
 the process ([CPU] rows, which other jobs on a shared machine barely change). Target
@@ -51,8 +51,8 @@ from bench.common import (
     time_interleaved,
     training_max_side,
 )
+from stream_pose.runtime import set_torch_threads
 from train.student import PoseStudent
-from train.train import set_torch_threads
 from video_sources.local import LocalSource
 
 TEACHER = "MediaPipe teacher (whole frames)"
@@ -124,12 +124,12 @@ def _student_sides(net: PoseStudent, batch_sizes: list[int], frames: int) -> dic
 
 
 def onnx_session(net: PoseStudent):
-    """An ONNX Runtime CPU session of `net` exported as `train.export` does (uint8 input),
+    """An ONNX Runtime CPU session of `net` exported as `serve.export` does (uint8 input),
     using as many intra-op threads as torch. The file lives in a temporary directory only
     while the session is built."""
     import onnxruntime as ort
 
-    from train.export import ExportableStudent, export_onnx
+    from serve.export import ExportableStudent, export_onnx
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1

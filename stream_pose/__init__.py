@@ -4,7 +4,7 @@ Every stage (video_sources, labeler, data, train) talks to the next one only thr
 types defined here.
 """
 
-from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS, FLIP_PERM, BONES
+from stream_pose.skeleton import BONES, FLIP_PERM, JOINT_NAMES, NUM_JOINTS, PARENTS
 from stream_pose.types import Frame, PersonLabel, Sample, VideoRef
 
 __all__ = [

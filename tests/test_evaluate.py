@@ -1,4 +1,4 @@
-"""train.evaluate and train.checkpoint on a run folder of the real training CLI (conftest)."""
+"""serve.evaluate and serve.checkpoint on a run folder of the real training CLI (conftest)."""
 
 import csv
 import json
@@ -11,11 +11,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
 from shared_paths import CONF_DIR, REPO, VIDEOS
+
+from serve.checkpoint import CheckpointError, MissingCheckpointError, load_student
+from serve.evaluate import evaluate, format_report
 from stream_pose.skeleton import JOINT_NAMES
-from train.checkpoint import CheckpointError, MissingCheckpointError, load_student
-from train.evaluate import evaluate, format_report
 
 
 def _config(*overrides):
@@ -74,7 +74,7 @@ def test_evaluate_against_mediapipe_reports_only_joints_it_labels(trained_run, t
 def test_evaluate_cli_prints_a_table_and_writes_eval_json(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     proc = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", f"checkpoint={ckpt}", f"out={tmp_path}",
+        [sys.executable, "-m", "serve.evaluate", f"checkpoint={ckpt}", f"out={tmp_path}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )

@@ -1,4 +1,4 @@
-"""train.export: ONNX (checked with onnxruntime), TorchScript and Core ML from a real checkpoint."""
+"""serve.export: ONNX (checked with onnxruntime), TorchScript and Core ML from a real checkpoint."""
 
 import json
 import sys
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-
 from shared_paths import CONF_DIR
+
+from serve.checkpoint import MissingCheckpointError, load_student
+from serve.export import ExportableStudent, ExportError, check_onnx, check_tolerance, export
 from stream_pose.skeleton import JOINT_NAMES
-from train.checkpoint import MissingCheckpointError, load_student
-from train.export import ExportableStudent, ExportError, check_onnx, check_tolerance, export
 from train.student import PoseStudent
 
 

@@ -1,4 +1,4 @@
-"""train.predict and train.tracker: boxes from the teacher, then from the student's own joints.
+"""serve.predict and serve.tracker: boxes from the teacher, then from the student's own joints.
 
 The tracker tests use a stand-in student that really reads its crop: every joint is drawn as a
 disc of its own colour, and the stand-in returns the centroid of that colour in the crop. It is
@@ -13,16 +13,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from shared_paths import VIDEOS
 from torch import nn
 
 from labeler.oracle import OracleTeacher
-from shared_paths import VIDEOS
+from serve.predict import main
+from serve.tracker import TopDownTracker
 from stream_pose.codec import make_label
 from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS
 from stream_pose.types import Frame, VideoRef
-from train.predict import main
 from train.student import StudentOutput
-from train.tracker import TopDownTracker
 from video_sources.decode import decode_video_bytes
 
 H, W, S = 480, 640, 128

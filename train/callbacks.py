@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+
+from stream_pose.runtime import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -196,17 +197,10 @@ class CheckpointOnException(L.Callback):
         logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.path)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 class ReclaimProducerCores(L.Callback):
     """Gives the producers' cores to training once a finite stream is fully labelled.
 
-    Training starts with one core per producer left free (`train.train.set_torch_threads`).
+    Training starts with one core per producer left free (`stream_pose.runtime.set_torch_threads`).
     With `source.loop=false` the producers stop after one pass (a fixed corpus: MediaPipe labels
     the 4,400 training frames of the real corpus in about a minute) and the trainer keeps
     sampling the buffer; from then on the whole machine can train. Checked every

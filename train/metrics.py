@@ -4,7 +4,7 @@ Legend: B batch, J = 27 joints. Poses are `[B, J, 3]` metres (pelvis-relative, c
 visibility `[B, J]` is 1 where the joint counts and 0 where it does not. Every mean is over the
 visible joints only: sum of errors / number of visible joints, never a mean of per-sample means.
 
-Validation (`train.module`) and `train.evaluate` both pool through `PoseErrorMetric` and name
+Validation (`train.module`) and `serve.evaluate` both pool through `PoseErrorMetric` and name
 their numbers with `metric_dict`, so training logs and eval.json hold the same keys.
 """
 

@@ -31,7 +31,7 @@ def image_to_float(image: Tensor) -> Tensor:
     """Crops as the student takes them: uint8 `[B, 3, S, S]` in [0, 255] -> float32 in [0, 1].
 
     Float input is assumed to be in [0, 1] already and passes through unchanged. Training,
-    `train.evaluate`, `train.predict` and the exported models all go through here.
+    `serve.evaluate`, `serve.predict` and the exported models all go through here.
     """
     return image if image.is_floating_point() else image.float().div_(255.0)
 
@@ -48,7 +48,7 @@ class PoseDistillModule(L.LightningModule):
     teacher does not see take the student's own 2D, detached).
 
     Validation logs, each pooled over every visible joint of the whole val set
-    (`train.metrics.metric_dict`, the keys `train.evaluate` writes too): `val/mpjpe_mm`,
+    (`train.metrics.metric_dict`, the keys `serve.evaluate` writes too): `val/mpjpe_mm`,
     `val/pa_mpjpe_mm`, `val/pck3d_150` (percent within 150 mm), `val/mpjpe_mm/<joint>` for
     every joint seen visible, `val/mean_pose_mpjpe_mm`, the error of always predicting the mean
     training target (the bar the student has to clear), and `val/mpjpe_vs_mean_pose`; and

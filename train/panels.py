@@ -5,7 +5,7 @@ This WRITES CROPS TO DISK: wandb saves every logged image as a PNG in the run fo
 written" (DESIGN.md). It is therefore off by default and on only with `logger.log_images=true`.
 
 Legend: N crops, J = 27 joints, S crop side in pixels. Crop pixels: x right, y down.
-Colours follow `train.overlay`: the person's left side orange, right side blue, midline green
+Colours follow `serve.overlay`: the person's left side orange, right side blue, midline green
 (`stream_pose.skeleton.BONES`, `SIDE`).
 """
 
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
-from train.overlay import draw_pose
+from stream_pose.draw import draw_pose
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from labeler.base import TeacherUnavailableError
+from stream_pose.runtime import CONF_DIR, REPO_ROOT, set_torch_threads, usable_cores  # noqa: F401
 from train.callbacks import (
     BufferTelemetry,
     CheckpointOnException,
@@ -43,7 +44,6 @@ from train.callbacks import (
     SaveLastCheckpoint,
     ScheduleOnResume,
     stream_telemetry,
-    usable_cores,
 )
 from train.panels import SkeletonPanels
 from train.redact import redacted_config
@@ -52,8 +52,6 @@ from video_sources.pexels import configured_api_key
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 MONITOR = "val/mpjpe_mm"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
 KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
@@ -70,16 +68,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class CheckpointNotFoundError(FileNotFoundError):
     """`ckpt_path` names no file."""
-
-
-# `${repo_root:}` in the configs: paths there mean the same from any working directory.
-OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
-# `${warmup_pct:${trainer.max_steps},0.05}`: OneCycleLR divides by (pct_start * total_steps - 1),
-# which is 0 for short runs (torch.optim.lr_scheduler.OneCycleLR); keep at least 2 warm-up steps.
-OmegaConf.register_new_resolver(
-    "warmup_pct", lambda steps, pct: min(0.5, max(float(pct), 2.0 / max(int(steps), 4))),
-    replace=True,
-)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -306,28 +294,6 @@ def _api_key_paths(node: Any, prefix: str) -> list[str]:
 def _hydra_overrides() -> list[str]:
     """The task overrides of the running Hydra app; empty under the compose API."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def set_torch_threads(n: int | None, *, ranks: int = 1, producers: int = 1) -> int:
-    """Set torch's intra-op CPU threads of this process (one DDP rank).
-
-    None splits the usable cores among `ranks` processes and leaves one core per producer
-    (thread or process) of each: `max(1, cores // ranks - producers)`. Measured on 2 cores with
-    the demo: 2 torch threads beside the busy producer thread ran 200 steps in 121 s, 1 thread
-    in 30 s (the OpenMP workers and the producer fight over the cores). With `ranks` > 1 it also
-    sets OMP_NUM_THREADS, without which Lightning's DDP launcher resets the count to
-    cores / ranks.
-
-    Returns:
-        The thread count now in use.
-    """
-    if n is None:
-        n = max(1, usable_cores() // max(ranks, 1) - producers)
-    torch.set_num_threads(int(n))
-    if ranks > 1:
-        os.environ["OMP_NUM_THREADS"] = str(n)
-    logger.info("torch intra-op threads: %d", torch.get_num_threads())
-    return torch.get_num_threads()
 
 
 def make_loggers(cfg: DictConfig | None) -> list[Logger]:

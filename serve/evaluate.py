@@ -1,7 +1,7 @@
 """Evaluate a trained student on held-out videos: `evaluate(cfg)` and its Hydra CLI.
 
-    python -m train.evaluate checkpoint=runs/<run>/checkpoints/last.ckpt
-    python -m train.evaluate checkpoint=... source=local labeler=mediapipe max_samples=256
+    python -m serve.evaluate checkpoint=runs/<run>/checkpoints/last.ckpt
+    python -m serve.evaluate checkpoint=... source=local labeler=mediapipe max_samples=256
 
 The crops and labels come from the same code as training's validation set: the source's split
 (default "val", split by video id) is labelled by the teacher and cropped by
@@ -28,18 +28,18 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from data.datamodule import StreamDataModule
-from stream_pose.skeleton import JOINT_NAMES
-from train.checkpoint import (
+from serve.checkpoint import (
     CheckpointError,
     LoadedStudent,
     MissingCheckpointError,
     load_student,
     required_checkpoint,
 )
+from stream_pose.runtime import CONF_DIR
+from stream_pose.skeleton import JOINT_NAMES
 from train.metrics import MeanPoseBaseline, PoseErrorMetric, PoseErrors, metric_dict
 from train.module import image_to_float
 from train.student import PoseStudent
-from train.train import CONF_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     Raises:
         MissingCheckpointError: no `checkpoint=`.
-        FileNotFoundError, CheckpointError: see `train.checkpoint.load_student`.
+        FileNotFoundError, CheckpointError: see `serve.checkpoint.load_student`.
         data.datamodule.EmptyValidationSetError: the split gave no labelled person.
     """
     loaded = load_student(required_checkpoint(cfg), cfg.get("run_config"))
@@ -196,7 +196,7 @@ def _class_attr(node: DictConfig, attr: str) -> str:
 
 
 def main() -> None:
-    """CLI: `python -m train.evaluate checkpoint=... [overrides]`; bad input exits with a line."""
+    """CLI: `python -m serve.evaluate checkpoint=... [overrides]`; bad input exits with a line."""
     _hydra_main()
 
 

@@ -1,8 +1,8 @@
 """Export a trained student to ONNX, TorchScript or Core ML, and check it against torch.
 
-    python -m train.export checkpoint=runs/<run>/checkpoints/last.ckpt format=onnx
-    python -m train.export checkpoint=... format=torchscript dtype=float32
-    python -m train.export checkpoint=... format=coreml out=student.mlpackage
+    python -m serve.export checkpoint=runs/<run>/checkpoints/last.ckpt format=onnx
+    python -m serve.export checkpoint=... format=torchscript dtype=float32
+    python -m serve.export checkpoint=... format=coreml out=student.mlpackage
 
 Every exported model takes crops `[B, 3, S, S]`, RGB, S = the run's crop size, cut as training
 cuts them (`stream_pose.codec.crop_sample`: a square of 1.25 x the person box, resized to S):
@@ -44,11 +44,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from serve.checkpoint import CheckpointError, load_student, required_checkpoint
+from stream_pose.runtime import CONF_DIR
 from stream_pose.skeleton import JOINT_NAMES
-from train.checkpoint import CheckpointError, load_student, required_checkpoint
 from train.module import image_to_float
 from train.student import PoseStudent
-from train.train import CONF_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,9 @@ def export(cfg: DictConfig) -> ExportResult:
     """Export the student of `cfg.checkpoint` as `cfg.format` and check it (conf/export.yaml).
 
     Raises:
-        train.checkpoint.MissingCheckpointError: no `checkpoint=`.
+        serve.checkpoint.MissingCheckpointError: no `checkpoint=`.
         ValueError: an unknown format or dtype.
-        FileNotFoundError, train.checkpoint.CheckpointError: see `load_student`.
+        FileNotFoundError, serve.checkpoint.CheckpointError: see `load_student`.
         ExportError: the exported model differs from torch by more than the tolerances, or
             the exporter failed (the cause is chained).
     """
@@ -315,7 +315,7 @@ def check_tolerance(diff: Difference | None, atol_m: float, atol_px: float, path
 
 
 def main() -> None:
-    """CLI: `python -m train.export checkpoint=... format=onnx|torchscript|coreml`."""
+    """CLI: `python -m serve.export checkpoint=... format=onnx|torchscript|coreml`."""
     _hydra_main()
 
 

@@ -1,12 +1,12 @@
 """Run a trained student on a video: 2D and 3D joints per person and frame, as JSON lines.
 
-    python -m train.predict --checkpoint runs/<run>/checkpoints/last.ckpt \\
+    python -m serve.predict --checkpoint runs/<run>/checkpoints/last.ckpt \\
         --video ../shared/videos/running_athlete.mp4 --out preds.jsonl --overlay overlay.mp4
     stream-pose predict --checkpoint ... --video ...
 
 The video is decoded in memory (`video_sources.decode`). The teacher boxes people on the first
 frame and when tracking is lost; otherwise the student's own previous keypoints give each next
-crop (`train.tracker.TopDownTracker` documents the rule). These outputs are what the user asked
+crop (`serve.tracker.TopDownTracker` documents the rule). These outputs are what the user asked
 for, so they are the only files written: the JSON lines (`--out`, default stdout) and, with
 `--overlay`, an MP4 of the frames with the skeletons drawn.
 
@@ -35,12 +35,13 @@ from typing import IO, Any, Iterator, Sequence
 import numpy as np
 
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
+from serve.checkpoint import CheckpointError, load_student
+from serve.overlay import VideoWriter
+from serve.tracker import FramePoses, PersonPose, TopDownTracker
+from stream_pose.draw import draw_pose
+from stream_pose.runtime import set_torch_threads
 from stream_pose.skeleton import JOINT_NAMES
 from stream_pose.types import Frame, VideoRef
-from train.checkpoint import CheckpointError, load_student
-from train.overlay import VideoWriter, draw_pose
-from train.tracker import FramePoses, PersonPose, TopDownTracker
-from train.train import set_torch_threads
 from video_sources.base import SourceStats
 from video_sources.decode import VideoDecodeError
 from video_sources.frames import frames_from_bytes
@@ -71,12 +72,12 @@ class PredictSummary:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m train.predict` and `stream-pose predict`."""
+    """The command line of `python -m serve.predict` and `stream-pose predict`."""
     p = argparse.ArgumentParser(
         prog="stream-pose predict",
         description="Run a trained student on a video: JSON lines of 27 named joints per person "
         "and frame (2D frame pixels, 3D metres pelvis-relative), optionally an overlay video.",
-        epilog="Example:\n  python -m train.predict --checkpoint runs/<run>/checkpoints/last.ckpt"
+        epilog="Example:\n  python -m serve.predict --checkpoint runs/<run>/checkpoints/last.ckpt"
         " \\\n      --video ../shared/videos/running_athlete.mp4 --out preds.jsonl "
         "--overlay overlay.mp4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -124,7 +125,7 @@ def predict_video(
 
     Raises:
         FileNotFoundError: a missing checkpoint or video.
-        train.checkpoint.CheckpointError: a checkpoint that cannot be loaded.
+        serve.checkpoint.CheckpointError: a checkpoint that cannot be loaded.
         VideoDecodeError: a video without a single decodable frame.
         labeler.TeacherUnavailableError: the teacher cannot run here or on this video.
         ValueError: invalid options.

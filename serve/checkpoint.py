@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import train.train  # noqa: F401  registers the ${repo_root:} and ${warmup_pct:} resolvers
+import stream_pose.runtime  # noqa: F401  registers the ${repo_root:} and ${warmup_pct:} resolvers
 from train.metrics import MeanPoseBaseline
 from train.student import PoseStudent
 

@@ -1,8 +1,8 @@
 """The `stream-pose` command: one entry point for the inference-side tools.
 
     stream-pose predict --checkpoint X --video Y [--out preds.jsonl] [--overlay out.mp4]
-    stream-pose evaluate checkpoint=X [Hydra overrides]   (= python -m train.evaluate)
-    stream-pose export checkpoint=X format=onnx           (= python -m train.export)
+    stream-pose evaluate checkpoint=X [Hydra overrides]   (= python -m serve.evaluate)
+    stream-pose export checkpoint=X format=onnx           (= python -m serve.export)
 
 `predict` takes argparse options; `evaluate` and `export` are Hydra apps and take overrides.
 """
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else ""
     if command == "predict":
-        from train.predict import main as predict
+        from serve.predict import main as predict
 
         return predict(args)
     if command in ("evaluate", "export"):
