@@ -11,8 +11,9 @@ cuts them (`stream_pose.codec.crop_sample`: a square of 1.25 x the person box, r
 The ImageNet mean/std normalisation is inside the student, so no other preprocessing is needed.
 Outputs: `kpts3d` `[B, J, 3]` float32 metres, pelvis-relative (`kpts3d[:, 0] == 0`), camera axes
 (X right, Y down, Z forward); `kpts2d` `[B, J, 2]` float32 crop pixels (x right, y down, pixel
-centres at integers). J = 27 joints in `stream_pose.skeleton.JOINT_NAMES` order (also stored in
-the model's metadata).
+centres at integers); `confidence` `[B, J]` float32 in [0, 1], the heatmap mass around each
+joint's peak (`train.student.heatmap_confidence`: low where the crop shows no such joint). J = 27
+joints in `stream_pose.skeleton.JOINT_NAMES` order (also stored in the model's metadata).
 
 ONNX uses torch's default `torch.export`-based exporter (`dynamo=True`): the TorchScript-based
 one is deprecated since torch 2.9, and both export this network with the same numbers here
@@ -48,13 +49,14 @@ from serve.checkpoint import CheckpointError, load_student, required_checkpoint
 from stream_pose.runtime import CONF_DIR
 from stream_pose.skeleton import JOINT_NAMES
 from train.module import image_to_float
-from train.student import PoseStudent
+from train.student import PoseStudent, heatmap_confidence
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage"}
 DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
-INPUT, OUTPUTS = "image", ("kpts3d", "kpts2d")
+INPUT, OUTPUTS = "image", ("kpts3d", "kpts2d", "confidence")
+CONFIDENCE_ATOL = 1e-3  # heatmap mass, in [0, 1]
 EXAMPLE_BATCH, CHECK_BATCH = 2, 3  # different sizes, so the check exercises the dynamic batch
 
 
@@ -67,6 +69,7 @@ class Difference(NamedTuple):
 
     kpts3d_m: float
     kpts2d_px: float
+    confidence: float = 0.0
 
 
 class ExportableStudent(nn.Module):
@@ -92,10 +95,11 @@ class ExportableStudent(nn.Module):
         """S, the crop side in pixels."""
         return self.net.crop_size
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """`[B, 3, S, S]` crops -> (`kpts3d` `[B, J, 3]` metres, `kpts2d` `[B, J, 2]` crop px)."""
-        out = self.net(image_to_float(image))
-        return out.kpts3d, out.kpts2d
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`[B, 3, S, S]` crops -> (`kpts3d` `[B, J, 3]` metres, `kpts2d` `[B, J, 2]` crop px,
+        `confidence` `[B, J]` in [0, 1], `train.student.heatmap_confidence`)."""
+        out, logits = self.net.forward_with_heatmaps(image_to_float(image))
+        return out.kpts3d, out.kpts2d, heatmap_confidence(logits)
 
     def example_input(self, batch_size: int, seed: int = 0) -> Tensor:
         """Random crops `[batch_size, 3, S, S]` of this model's dtype and value range."""
@@ -207,8 +211,7 @@ def check_onnx(model: ExportableStudent, path: Path) -> Difference:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = model.example_input(CHECK_BATCH, seed=1)
-    kpts3d, kpts2d = session.run(list(OUTPUTS), {INPUT: x.numpy()})
-    return _difference(model, x, kpts3d, kpts2d)
+    return _difference(model, x, *session.run(list(OUTPUTS), {INPUT: x.numpy()}))
 
 
 def export_torchscript(model: ExportableStudent, path: Path, metadata: dict[str, str]) -> None:
@@ -222,8 +225,8 @@ def check_torchscript(model: ExportableStudent, path: Path) -> Difference:
     loaded = torch.jit.load(str(path), map_location="cpu")
     x = model.example_input(CHECK_BATCH, seed=1)
     with torch.no_grad():
-        kpts3d, kpts2d = loaded(x)
-    return _difference(model, x, kpts3d.numpy(), kpts2d.numpy())
+        outs = loaded(x)
+    return _difference(model, x, *(o.numpy() for o in outs))
 
 
 def export_coreml(model: ExportableStudent, path: Path, metadata: dict[str, str],
@@ -280,7 +283,7 @@ def check_coreml(model: ExportableStudent, path: Path) -> Difference | None:
 
         feed = Image.fromarray(x[0].permute(1, 2, 0).numpy(), mode="RGB")
     out = mlmodel.predict({INPUT: feed})
-    return _difference(model, x, out["kpts3d"], out["kpts2d"])
+    return _difference(model, x, *(out[n] for n in OUTPUTS))
 
 
 def _trace(model: nn.Module) -> torch.jit.ScriptModule:
@@ -292,14 +295,13 @@ def _trace(model: nn.Module) -> torch.jit.ScriptModule:
 
 
 @torch.no_grad()
-def _difference(model: ExportableStudent, x: Tensor, kpts3d: np.ndarray,
-                kpts2d: np.ndarray) -> Difference:
-    ref3d, ref2d = model(x)
-    if kpts3d.shape != tuple(ref3d.shape) or kpts2d.shape != tuple(ref2d.shape):
-        raise ExportError(f"exported outputs have shapes {kpts3d.shape}, {kpts2d.shape}; torch "
-                          f"gives {tuple(ref3d.shape)}, {tuple(ref2d.shape)}")
-    return Difference(float(np.abs(kpts3d - ref3d.numpy()).max()),
-                      float(np.abs(kpts2d - ref2d.numpy()).max()))
+def _difference(model: ExportableStudent, x: Tensor, *outputs: np.ndarray) -> Difference:
+    """Largest |exported - torch| of each output (in `OUTPUTS` order) on the crops `x`."""
+    refs = [r.numpy() for r in model(x)]
+    got, want = [o.shape for o in outputs], [r.shape for r in refs]
+    if got != want:
+        raise ExportError(f"exported outputs have shapes {got}; torch gives {want}")
+    return Difference(*(float(np.abs(o - r).max()) for o, r in zip(outputs, refs)))
 
 
 def check_tolerance(diff: Difference | None, atol_m: float, atol_px: float, path: Path) -> None:
@@ -308,7 +310,8 @@ def check_tolerance(diff: Difference | None, atol_m: float, atol_px: float, path
     Raises:
         ExportError: naming the file and both differences; None (not checked) passes.
     """
-    if diff is not None and (diff.kpts3d_m > atol_m or diff.kpts2d_px > atol_px):
+    if diff is not None and (diff.kpts3d_m > atol_m or diff.kpts2d_px > atol_px
+                             or diff.confidence > CONFIDENCE_ATOL):
         raise ExportError(
             f"{path} differs from torch by {diff.kpts3d_m:.2e} m (kpts3d, allowed {atol_m:.0e}) "
             f"and {diff.kpts2d_px:.2e} px (kpts2d, allowed {atol_px:.0e})")

@@ -15,7 +15,10 @@ When the teacher runs (documented rule):
   left the crop it was predicted in, or when its box side differs from the side of the box the
   teacher last gave that person by more than `max_scale_change` times. The last rule catches
   a box that collapses onto a few pixels or blows up, at once or by a little every frame;
-  a person who really grows or shrinks that much is simply re-boxed by the teacher. The
+  a person who really grows or shrinks that much is simply re-boxed by the teacher. A track is
+  also lost when the student's mean confidence over its tracked joints falls below
+  `min_confidence` (`train.student.heatmap_confidence`: a crop that no longer shows a person,
+  e.g. a blank frame or someone who walked off, gives diffuse heatmaps). The
   teacher then re-boxes that very frame and the student runs again on its boxes, so no
   frame's output comes from a lost box.
 Tracked joints are those the teacher labelled visible when it last placed the person: the joints
@@ -36,11 +39,10 @@ import numpy as np
 import torch
 
 from labeler.base import Teacher
+from serve.engine import CropModel, TorchCropModel
 from stream_pose.camera import apply_affine, crop_affine, square_box, warp_image
 from stream_pose.codec import CROP_MARGIN, bbox_from_kpts, in_frame
 from stream_pose.types import Frame
-from train.module import image_to_float
-from train.student import PoseStudent
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class PersonPose:
         tracked: `[J]` bool, the joints that steer the box (visible to the teacher).
         crop_xyxy: `[4]` float32, the square crop the student saw, in image pixels.
         box_from: "teacher" or "student": who placed that crop.
+        confidence: `[J]` float32 in [0, 1], the student's per-joint confidence.
     """
 
     person: int
@@ -66,6 +69,7 @@ class PersonPose:
     tracked: np.ndarray
     crop_xyxy: np.ndarray
     box_from: str
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -95,14 +99,17 @@ class TopDownTracker:
     """Runs the student on video, frame by frame, boxing people as the module docstring says.
 
     Args:
-        net: the student (eval mode), crops `[B, 3, S, S]` float in [0, 1].
+        net: the student: a `serve.engine.CropModel` (uint8 crops), or a torch module taking
+            crops `[B, 3, S, S]` float in [0, 1] (wrapped in `TorchCropModel`).
         teacher: places people (its `label` boxes); used only on some frames.
         redetect_every: the teacher runs at least every this many frames (>= 1).
         min_joints_in_frame: fraction in (0, 1] of tracked joints that must stay in the frame.
         max_scale_change: > 1, the largest ratio between a person's box size and the size the
             teacher last gave it.
         margin: crop side / longer box side (training's `CROP_MARGIN`).
-        device: where the student runs.
+        min_confidence: a track whose mean joint confidence (over its tracked joints) is below
+            this is lost; 0 disables the rule.
+        device: where a torch student runs.
 
     Raises:
         ValueError: on out-of-range arguments.
@@ -110,21 +117,24 @@ class TopDownTracker:
 
     def __init__(
         self,
-        net: PoseStudent,
+        net: CropModel | torch.nn.Module,
         teacher: Teacher,
         *,
         redetect_every: int = 30,
         min_joints_in_frame: float = 0.5,
         max_scale_change: float = 2.0,
         margin: float = CROP_MARGIN,
+        min_confidence: float = 0.4,
         device: str | torch.device = "cpu",
     ) -> None:
         if redetect_every < 1 or not 0 < min_joints_in_frame <= 1 or max_scale_change <= 1:
             raise ValueError("need redetect_every >= 1, 0 < min_joints_in_frame <= 1 and "
                              "max_scale_change > 1")
-        self.net, self.teacher, self.device = net.eval().to(device), teacher, torch.device(device)
+        self.model = TorchCropModel(net, device) if isinstance(net, torch.nn.Module) else net
+        self.teacher = teacher
         self.redetect_every, self.min_joints_in_frame = redetect_every, min_joints_in_frame
         self.max_scale_change, self.margin = max_scale_change, margin
+        self.min_confidence = min_confidence
         self.teacher_frames = 0  # frames the teacher ran on since construction
         self.reset()
 
@@ -180,7 +190,7 @@ class TopDownTracker:
     def _assign_ids(self, boxes: list[np.ndarray]) -> list[int]:
         """Ids for re-detected boxes: a current track's id where a box overlaps it with
         IoU >= 0.3 (greedy, best overlap first, each id once), a new id otherwise."""
-        pairs = sorted(((_iou(b, t.box), i, t.id) for i, b in enumerate(boxes)
+        pairs = sorted(((box_iou(b, t.box), i, t.id) for i, b in enumerate(boxes)
                         for t in self._tracks), reverse=True)
         ids: dict[int, int] = {}
         for iou, i, track_id in pairs:
@@ -191,27 +201,26 @@ class TopDownTracker:
                 ids[i], self._next_id = self._next_id, self._next_id + 1
         return [ids[i] for i in range(len(boxes))]
 
-    @torch.inference_mode()
     def _predict(self, frame: Frame, box_from: str) -> tuple[list[PersonPose], float]:
         """Crop every track as training does, run the student once on the batch, map back."""
         if not self._tracks:
             return [], 0.0
         t0 = time.perf_counter()
-        s = self.net.crop_size
+        s = self.model.crop_size
         squares = [square_box(t.box, self.margin) for t in self._tracks]  # (cx, cy, side)
         affines = [crop_affine(cx, cy, side, s) for cx, cy, side in squares]
         crops = np.stack([warp_image(frame.image, m, s).transpose(2, 0, 1) for m in affines])
-        out = self.net(image_to_float(torch.from_numpy(crops).to(self.device)))
-        kpts2d, kpts3d = out.kpts2d.cpu().numpy(), out.kpts3d.cpu().numpy()  # [P, J, 2], [P, J, 3]
+        out = self.model(crops)  # [P, J, 3], [P, J, 2], [P, J]
         people = [
             PersonPose(
                 person=t.id, kpts2d=apply_affine(k2, cv2.invertAffineTransform(m)),
                 kpts3d=k3.astype(np.float32), tracked=t.tracked.copy(),
                 crop_xyxy=np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2],
                                    dtype=np.float32),
-                box_from=box_from,
+                box_from=box_from, confidence=c,
             )
-            for t, m, k2, k3, (cx, cy, side) in zip(self._tracks, affines, kpts2d, kpts3d, squares)
+            for t, m, k2, k3, c, (cx, cy, side) in zip(
+                self._tracks, affines, out.kpts2d, out.kpts3d, out.confidence, squares)
         ]
         return people, 1000.0 * (time.perf_counter() - t0)
 
@@ -221,6 +230,8 @@ class TopDownTracker:
         """Tight box around the tracked joints, or None if the prediction is implausible."""
         pts = person.kpts2d[person.tracked]
         if len(pts) < 2 or in_frame(pts, image_hw).mean() < self.min_joints_in_frame:
+            return None
+        if float(person.confidence[person.tracked].mean()) < self.min_confidence:
             return None
         box = bbox_from_kpts(person.kpts2d, person.tracked)
         scale = _longer_side(box) / track.teacher_side
@@ -248,7 +259,7 @@ def _croppable(box: np.ndarray, margin: float) -> bool:
     return True
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two `[4]` xyxy boxes."""
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

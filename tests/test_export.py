@@ -57,9 +57,11 @@ def test_onnx_matches_torch_with_any_batch_size(trained_run, onnx_export):
     assert inp.name == "image" and inp.type == "tensor(uint8)" and inp.shape[1:] == [3, 64, 64]
     for batch in (1, 5):  # the export traced batch 2: the batch axis is dynamic
         image = _crops("uint8", batch)
-        kpts3d, kpts2d = session.run(["kpts3d", "kpts2d"], {"image": image.numpy()})
+        kpts3d, kpts2d, conf = session.run(["kpts3d", "kpts2d", "confidence"],
+                                           {"image": image.numpy()})
         ref3d, ref2d = _torch_reference(trained_run, image)
         assert kpts3d.shape == (batch, 27, 3) and kpts2d.shape == (batch, 27, 2)
+        assert conf.shape == (batch, 27) and np.all((conf >= 0) & (conf <= 1))
         assert np.abs(kpts3d - ref3d).max() < 1e-4  # metres
         assert np.abs(kpts2d - ref2d).max() < 1e-2  # crop pixels
         assert np.all(kpts3d[:, 0] == 0)  # pelvis-relative
@@ -87,7 +89,7 @@ def test_torchscript_reloads_and_matches_torch_on_float_crops(trained_run, tmp_p
     assert "float32 in [0, 1]" in json.loads(extra["metadata.json"])["input"]
     image = _crops("float32", 4)
     with torch.no_grad():
-        kpts3d, kpts2d = scripted(image)
+        kpts3d, kpts2d, _ = scripted(image)
     ref3d, ref2d = _torch_reference(trained_run, image)
     np.testing.assert_allclose(kpts3d.numpy(), ref3d, atol=1e-6)
     np.testing.assert_allclose(kpts2d.numpy(), ref2d, atol=1e-4)
@@ -114,7 +116,7 @@ def test_coreml_converts_to_an_ml_program(trained_run, tmp_path):
     assert spec.WhichOneof("Type") == "mlProgram"
     (inp,) = spec.description.input
     assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"  # uint8 pixels
-    assert [o.name for o in spec.description.output] == ["kpts3d", "kpts2d"]
+    assert [o.name for o in spec.description.output] == ["kpts3d", "kpts2d", "confidence"]
     assert json.loads(spec.description.metadata.userDefined["joint_names"]) == list(JOINT_NAMES)
     if sys.platform != "darwin":
         assert result.difference is None  # prediction needs Core ML, i.e. macOS

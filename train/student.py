@@ -98,6 +98,28 @@ def soft_argmax_2d(logits: Tensor, stride: int) -> Tensor:
     return torch.stack([x, y], dim=-1)
 
 
+def heatmap_confidence(logits: Tensor, window: int = 3) -> Tensor:
+    """Per-joint confidence: the softmax heatmap's probability mass in the `window` x `window`
+    cells around its peak.
+
+    A person's joint gives a concentrated heatmap; a crop with no person (background, a blank
+    frame) gives a diffuse one. Measured on the real_cpu student (5 real clips): mean over joints
+    0.56 on person crops, 0.29 on the same crops of a grey frame, 0.25 on background beside the
+    person. Serving uses it for keypoint confidence and to notice a lost person.
+
+    Args:
+        logits: `[B, J, h, w]` heatmap logits (`PoseStudent.forward_with_heatmaps`).
+        window: odd side of the window, in heatmap cells.
+
+    Returns:
+        `[B, J]` float in [0, 1].
+    """
+    b, j, h, w = logits.shape
+    prob = logits.flatten(2).softmax(-1).reshape(b, j, h, w)
+    mass = F.avg_pool2d(prob, window, stride=1, padding=window // 2, count_include_pad=True)
+    return (mass * (window * window)).flatten(2).max(-1).values.clamp(0.0, 1.0)
+
+
 class PoseStudent(nn.Module):
     """Small 3D pose network for square person crops.
 

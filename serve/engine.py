@@ -1,0 +1,243 @@
+"""The serving engine: one loaded pose model per process, shared by every session.
+
+    engine = Engine("runs/<run>/export/last.onnx")      # or a .ckpt, "mediapipe", "comotion"
+    session = engine.new_session()                      # one video or one client stream
+    result = session.step(image_rgb, frame_number=0)    # serve.session.SessionFrame
+
+`model` is one of
+- an exported student `.onnx` (`serve.export`), run by ONNX Runtime on the CPU;
+- a training checkpoint `.ckpt`, run by torch (`serve.checkpoint.load_student`);
+- `mediapipe` or `comotion`: the teacher alone, the fallback when no student exists.
+A student is top-down: the teacher (`teacher`, MediaPipe by default) boxes people when tracking
+starts or is lost (`serve.tracker`), the student predicts every crop of a frame in one batch.
+
+Thread safety: an ONNX Runtime `InferenceSession` may be called from several threads at once;
+`intra_op_num_threads` is set (default 1) so that concurrent sessions do not oversubscribe the
+cores. Torch modules are run under a lock. Teachers hold per-video state (MediaPipe's tracking),
+so each session gets its own teacher instance (`new_teacher`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from labeler import TEACHERS, teacher_class
+from labeler.base import Teacher
+
+logger = logging.getLogger(__name__)
+
+TEACHER_MODELS = ("mediapipe", "comotion")  # `model` values that serve a teacher alone
+ONNX_OUTPUTS = ("kpts3d", "kpts2d", "confidence")  # serve.export.OUTPUTS
+
+
+class ModelLoadError(ValueError):
+    """A `model` that cannot be served: the message names it and what to pass instead."""
+
+
+@dataclass
+class CropPoses:
+    """A student's predictions for a batch of crops.
+
+    Attributes:
+        kpts3d: `[B, J, 3]` float32 metres, pelvis-relative, camera axes (X right, Y down, Z fwd).
+        kpts2d: `[B, J, 2]` float32 crop pixels.
+        confidence: `[B, J]` float32 in [0, 1] (`train.student.heatmap_confidence`; 1 for a
+            model without heatmaps).
+    """
+
+    kpts3d: np.ndarray
+    kpts2d: np.ndarray
+    confidence: np.ndarray
+
+
+class CropModel(Protocol):
+    """A top-down pose model: `[B, 3, S, S]` uint8 RGB crops -> `CropPoses`."""
+
+    name: str
+    crop_size: int
+
+    def __call__(self, crops: np.ndarray) -> CropPoses: ...
+
+
+class TorchCropModel:
+    """A torch student (or any module returning `train.student.StudentOutput`) as a `CropModel`.
+
+    Args:
+        net: the network; crops are fed as float in [0, 1]. A `PoseStudent` also gives heatmap
+            confidence; other modules give confidence 1.
+        device: torch device.
+        name: shown in `/health` and `model_version`.
+    """
+
+    def __init__(self, net: nn.Module, device: str | torch.device = "cpu",
+                 name: str = "student") -> None:
+        self.net, self.device, self.name = net.eval().to(device), torch.device(device), name
+        self.crop_size = int(net.crop_size)
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def __call__(self, crops: np.ndarray) -> CropPoses:
+        from train.student import heatmap_confidence
+
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).float() / 255.0
+        with self._lock:
+            if hasattr(self.net, "forward_with_heatmaps"):
+                out, logits = self.net.forward_with_heatmaps(x)
+                conf = heatmap_confidence(logits).cpu().numpy()
+            else:
+                out = self.net(x)
+                conf = np.ones(out.kpts2d.shape[:2], np.float32)
+        return CropPoses(out.kpts3d.cpu().numpy().astype(np.float32),
+                         out.kpts2d.cpu().numpy().astype(np.float32), conf.astype(np.float32))
+
+
+class OnnxCropModel:
+    """An exported student (`serve.export`, uint8 input) on ONNX Runtime's CPU provider.
+
+    Args:
+        path: the `.onnx` file.
+        threads: `intra_op_num_threads` of the session.
+
+    Raises:
+        ModelLoadError: onnxruntime missing, an unreadable file, or a model whose input is not
+            `image` `[B, 3, S, S]` uint8.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError("serving an .onnx model needs onnxruntime: "
+                                 "pip install 'stream-pose[export]'") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"cannot load {path} with onnxruntime: {exc}") from exc
+        (inp,) = self.session.get_inputs()
+        if inp.name != "image" or inp.type != "tensor(uint8)" or len(inp.shape) != 4:
+            raise ModelLoadError(f"{path}: expected input 'image' uint8 [B, 3, S, S], got "
+                                 f"{inp.name!r} {inp.type} {inp.shape}; export with dtype=uint8")
+        self.crop_size, self.name = int(inp.shape[2]), Path(path).name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, crops: np.ndarray) -> CropPoses:
+        outs = dict(zip(self.outputs, self.session.run(None, {"image": crops})))
+        conf = outs.get("confidence")  # exports before the confidence output had two outputs
+        if conf is None:
+            conf = np.ones(outs["kpts2d"].shape[:2], np.float32)
+        return CropPoses(outs["kpts3d"], outs["kpts2d"], conf)
+
+
+def load_crop_model(model: str, *, threads: int = 1, device: str = "cpu") -> CropModel:
+    """The student named by `model`: a `.onnx` file or a `.ckpt` training checkpoint.
+
+    Raises:
+        ModelLoadError: a missing file, another suffix, or a file that does not load.
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"model {model!r}: no such file; pass an exported .onnx, a .ckpt, "
+                             f"or one of {', '.join(TEACHER_MODELS)}")
+    if path.suffix == ".onnx":
+        return OnnxCropModel(path, threads=threads)
+    if path.suffix == ".ckpt":
+        from serve.checkpoint import CheckpointError, load_student
+
+        try:
+            loaded = load_student(path)
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise ModelLoadError(f"model {model!r}: {exc}") from exc
+        torch.set_num_threads(int(threads))
+        return TorchCropModel(loaded.net, device=device, name=path.name)
+    raise ModelLoadError(f"model {model!r}: expected a .onnx or .ckpt file, or one of "
+                         f"{', '.join(TEACHER_MODELS)}")
+
+
+class Engine:
+    """A pose model loaded once, and the factory of sessions that use it.
+
+    Args:
+        model: `.onnx`, `.ckpt`, `mediapipe` or `comotion` (module docstring).
+        teacher: the model that boxes people for a student (a name in `labeler.TEACHERS`).
+        threads: CPU threads of the student.
+        device: torch device of a `.ckpt` student.
+        session_options: defaults for `new_session` (see `serve.session.Session`).
+
+    Raises:
+        ModelLoadError: as `load_crop_model`, or an unknown teacher.
+    """
+
+    def __init__(self, model: str = "mediapipe", *, teacher: str = "mediapipe", threads: int = 1,
+                 device: str = "cpu", **session_options: Any) -> None:
+        self.model = str(model)
+        if self.model in TEACHER_MODELS:
+            self.crop_model, self.teacher_name = None, self.model
+        else:
+            self.crop_model, self.teacher_name = load_crop_model(
+                self.model, threads=threads, device=device), teacher
+        if self.teacher_name not in TEACHERS:
+            raise ModelLoadError(f"unknown teacher {self.teacher_name!r}; known: "
+                                 f"{', '.join(sorted(TEACHERS))}")
+        self.session_options = session_options
+        self.warm = False
+
+    @property
+    def name(self) -> str:
+        """`model_version` of the responses: the student file, or the teacher's name."""
+        if self.crop_model is None:
+            return f"stream-pose-{self.teacher_name}"
+        return f"stream-pose-student:{self.crop_model.name}"
+
+    def new_teacher(self) -> Teacher:
+        """A fresh teacher instance (its own per-video state).
+
+        Raises:
+            labeler.base.TeacherUnavailableError: the teacher cannot run here.
+        """
+        return teacher_class(self.teacher_name)()
+
+    def new_session(self, **options: Any):
+        """A `serve.session.Session` with this engine's model and a fresh teacher."""
+        from serve.session import Session
+
+        return Session(self.crop_model, self.new_teacher(), **{**self.session_options, **options})
+
+    def warmup(self) -> float:
+        """Load and run everything once (student on one blank crop, teacher on a blank frame).
+
+        Returns:
+            Seconds it took.
+
+        Raises:
+            labeler.base.TeacherUnavailableError: the teacher cannot run here.
+        """
+        t0 = time.perf_counter()
+        if self.crop_model is not None:
+            s = self.crop_model.crop_size
+            self.crop_model(np.zeros((1, 3, s, s), np.uint8))
+        session = self.new_session()
+        try:
+            session.step(np.zeros((64, 64, 3), np.uint8), frame_number=0)
+        finally:
+            session.close()
+        self.warm = True
+        return time.perf_counter() - t0
+
+    def describe(self) -> dict[str, str]:
+        """Model name -> "loaded" (the `models` field of `/health`)."""
+        models = {"teacher:" + self.teacher_name: "loaded" if self.warm else "on_demand"}
+        if self.crop_model is not None:
+            models = {"student:" + self.crop_model.name: "loaded", **models}
+        return models
