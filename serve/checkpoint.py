@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -69,6 +70,17 @@ class LoadedStudent:
     def crop_size(self) -> int:
         """S, the crop side in pixels the student takes."""
         return self.net.crop_size
+
+    @property
+    def supervised(self) -> np.ndarray:
+        """`[J]` bool: the joints its training labels ever had visible (the pelvis always).
+
+        A student trained on MediaPipe never saw a spine, neck, collar or head label: its
+        outputs there are unconstrained, so serving reports them with confidence 0.
+        """
+        mask = self.mean_pose.count.cpu().numpy() > 0
+        mask[0] = True
+        return mask
 
 
 def find_run_config(checkpoint: Path) -> Path:

@@ -19,6 +19,7 @@ so each session gets its own teacher instance (`new_teacher`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from torch import nn
 
 from labeler import TEACHERS, teacher_class
 from labeler.base import Teacher
+from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +62,14 @@ class CropPoses:
 
 
 class CropModel(Protocol):
-    """A top-down pose model: `[B, 3, S, S]` uint8 RGB crops -> `CropPoses`."""
+    """A top-down pose model: `[B, 3, S, S]` uint8 RGB crops -> `CropPoses`.
+
+    `defined` (`[J]` bool) marks the joints its training supervised; the others are reported
+    with confidence 0."""
 
     name: str
     crop_size: int
+    defined: np.ndarray
 
     def __call__(self, crops: np.ndarray) -> CropPoses: ...
 
@@ -76,12 +82,14 @@ class TorchCropModel:
             confidence; other modules give confidence 1.
         device: torch device.
         name: shown in `/health` and `model_version`.
+        defined: `[J]` bool, the supervised joints (`LoadedStudent.supervised`); None: all.
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu",
-                 name: str = "student") -> None:
+                 name: str = "student", defined: np.ndarray | None = None) -> None:
         self.net, self.device, self.name = net.eval().to(device), torch.device(device), name
         self.crop_size = int(net.crop_size)
+        self.defined = np.ones(NUM_JOINTS, bool) if defined is None else np.asarray(defined, bool)
         self._lock = threading.Lock()
 
     @torch.inference_mode()
@@ -131,6 +139,9 @@ class OnnxCropModel:
                                  f"{inp.name!r} {inp.type} {inp.shape}; export with dtype=uint8")
         self.crop_size, self.name = int(inp.shape[2]), Path(path).name
         self.outputs = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        names = set(json.loads(meta.get("supervised_joints", json.dumps(JOINT_NAMES))))
+        self.defined = np.array([n in names for n in JOINT_NAMES])
 
     def __call__(self, crops: np.ndarray) -> CropPoses:
         outs = dict(zip(self.outputs, self.session.run(None, {"image": crops})))
@@ -160,7 +171,8 @@ def load_crop_model(model: str, *, threads: int = 1, device: str = "cpu") -> Cro
         except (CheckpointError, FileNotFoundError) as exc:
             raise ModelLoadError(f"model {model!r}: {exc}") from exc
         torch.set_num_threads(int(threads))
-        return TorchCropModel(loaded.net, device=device, name=path.name)
+        return TorchCropModel(loaded.net, device=device, name=path.name,
+                              defined=loaded.supervised)
     raise ModelLoadError(f"model {model!r}: expected a .onnx or .ckpt file, or one of "
                          f"{', '.join(TEACHER_MODELS)}")
 

@@ -151,7 +151,7 @@ def export(cfg: DictConfig) -> ExportResult:
         Path(loaded.run_config.paths.output_dir) / "export"
         / f"{loaded.checkpoint.stem}{FORMATS[cfg.format]}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = model_metadata(model, loaded.step)
+    metadata = model_metadata(model, loaded.step, loaded.supervised)
     try:
         if cfg.format == "onnx":
             export_onnx(model, path, cfg.opset, metadata)
@@ -172,8 +172,13 @@ def export(cfg: DictConfig) -> ExportResult:
     return ExportResult(path, cfg.format, cfg.dtype, model.crop_size, diff)
 
 
-def model_metadata(model: ExportableStudent, step: int) -> dict[str, str]:
-    """What a user of the exported file needs to know, as string pairs stored inside it."""
+def model_metadata(model: ExportableStudent, step: int,
+                   supervised: np.ndarray | None = None) -> dict[str, str]:
+    """What a user of the exported file needs to know, as string pairs stored inside it.
+
+    `supervised_joints` names the joints the training labels had (`LoadedStudent.supervised`);
+    serving gives the others confidence 0."""
+    supervised = np.ones(len(JOINT_NAMES), bool) if supervised is None else supervised
     low, high = ("0", "255") if model.dtype == torch.uint8 else ("0", "1")
     return {
         "producer": "stream-pose",
@@ -182,6 +187,8 @@ def model_metadata(model: ExportableStudent, step: int) -> dict[str, str]:
         "kpts3d": "[B, 27, 3] metres, pelvis-relative, camera axes (X right, Y down, Z forward)",
         "kpts2d": "[B, 27, 2] crop pixels (x right, y down, pixel centres at integers)",
         "joint_names": json.dumps(JOINT_NAMES),
+        "supervised_joints": json.dumps([n for n, m in zip(JOINT_NAMES, supervised) if m]),
+        "confidence": "[B, 27] in [0, 1], heatmap mass around each joint's peak",
         "train_step": str(step),
     }
 

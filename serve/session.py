@@ -207,10 +207,11 @@ class Session:
         """This frame's people, from the tracker + student or from the teacher alone."""
         if self.tracker is not None:
             poses = self.tracker.step(frame)
+            defined = self.tracker.model.defined
             return [
                 _Observation(
                     source_id=p.person, kpts2d=p.kpts2d, kpts3d=p.kpts3d,
-                    confidence=p.confidence, defined=np.ones(NUM_JOINTS, bool),
+                    confidence=p.confidence, defined=defined,
                     box=bbox_from_kpts(p.kpts2d, p.tracked),
                     score=float(p.confidence[p.tracked].mean()) if p.tracked.any() else 0.0,
                 ) for p in poses.people

@@ -1,0 +1,277 @@
+"""Whole-video jobs: a bounded queue, worker processes, results in a job folder.
+
+Jobs run in separate worker processes with their own queue (not in the server's threads, where a
+long or crashing job would block or kill the server). Each worker loads the model once
+(`EngineSpec`), then takes jobs one at a time: it decodes the video in memory, runs one
+`serve.session.Session` over every frame, and writes only what the user asked for into
+`<data_dir>/jobs/<task_id>/`:
+- `frames.jsonl`: one `serve.schemas.hybrid_response` per frame;
+- `predictions.json`: MMPose-style predictions of the whole video (`serve.schemas`);
+- `overlay.mp4`, with `overlay: true`: the frames with the skeletons drawn.
+Task records live in SQLite (`serve.store.TaskStore`), shared with the workers. A monitor thread
+in the server notices a worker that died (SIGKILL, out of memory), marks its job failed with the
+reason and starts a replacement; a job never stays `processing` after its worker is gone.
+
+A video's frames are processed in order, one session, because the top-down tracker crops each
+frame from the previous frame's result; the crops of one frame run as one batch. The seed's
+`num_workers` and `batch_size` request fields are recorded, and parallelism comes from the
+server's `--job-workers` processes, one video each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_lib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from serve.engine import Engine
+from serve.overlay import VideoWriter
+from serve.schemas import hybrid_response, mmpose_instance, mmpose_predictions
+from serve.store import TaskStore
+from stream_pose.draw import draw_pose
+from stream_pose.types import VideoRef
+from video_sources.base import SourceStats
+from video_sources.frames import frames_from_bytes
+
+logger = logging.getLogger(__name__)
+
+MONITOR_INTERVAL_S = 0.5
+PROGRESS_EVERY = 10  # frames between progress updates in the task record
+
+
+class QueueFullError(RuntimeError):
+    """The job queue holds `max_queue` jobs already; retry later."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to build its `serve.engine.Engine` (picklable for spawn)."""
+
+    model: str
+    teacher: str = "mediapipe"
+    threads: int = 1
+    session_options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Engine:
+        """The engine (loads the model).
+
+        Raises:
+            serve.engine.ModelLoadError: as `Engine`.
+        """
+        return Engine(self.model, teacher=self.teacher, threads=self.threads,
+                      **self.session_options)
+
+
+def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool = False,
+                  name: str = "video", on_progress: Callable[[int], None] | None = None,
+                  max_side: int | None = None) -> dict[str, Any]:
+    """Pose every frame of an encoded video; write the job folder (module docstring).
+
+    Args:
+        engine: the loaded model.
+        video: the encoded file (mp4, mov, webm, ...), in memory.
+        job_dir: output folder (created).
+        overlay: also write `overlay.mp4`.
+        name: the video's name in the records.
+        on_progress: called with the number of frames done, every `PROGRESS_EVERY` frames.
+        max_side: downscale frames so the longer side is at most this (None: as decoded).
+
+    Returns:
+        The result record: frame counts, coverage, paths, seconds and frames per second.
+
+    Raises:
+        video_sources.decode.VideoDecodeError: no frame could be decoded.
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    session = engine.new_session()
+    writer = VideoWriter(job_dir / "overlay.mp4") if overlay else None
+    frames, instances, with_pose, predicted = 0, [], 0, 0
+    ref = VideoRef(id=name, kind="upload", uri="")
+    try:
+        with open(job_dir / "frames.jsonl", "w") as lines:
+            for frame in frames_from_bytes(video, ref, SourceStats(), max_side=max_side):
+                result = session.step(frame.image, frame_number=frame.index, time_s=frame.time_s)
+                lines.write(json.dumps(hybrid_response(result, engine.name)) + "\n")
+                instances.append({"frame_id": frame.index,
+                                  "instances": [mmpose_instance(p) for p in result.people]})
+                with_pose += bool(result.people)
+                predicted += bool(result.people) and all(p.predicted for p in result.people)
+                if writer is not None:
+                    image = frame.image.copy()
+                    for p in result.people:
+                        draw_pose(image, p.kpts2d, p.defined, p.box_xyxy)
+                    writer.write(image, frame.time_s)
+                frames += 1
+                if on_progress is not None and frames % PROGRESS_EVERY == 0:
+                    on_progress(frames)
+    finally:
+        session.close()
+        if writer is not None:
+            writer.close()
+    if frames == 0:
+        from video_sources.decode import VideoDecodeError
+
+        raise VideoDecodeError(f"{name}: no decodable video frame")
+    predictions = job_dir / "predictions.json"
+    predictions.write_text(json.dumps(mmpose_predictions(instances, engine.name)))
+    seconds = time.perf_counter() - t0
+    return {
+        "frames": frames, "frames_with_pose": with_pose, "predicted_frames": predicted,
+        "frames_file": str(job_dir / "frames.jsonl"), "predictions_file": str(predictions),
+        "predictions_dir": str(job_dir), "visualization_dir": str(job_dir),
+        "overlay": str(job_dir / "overlay.mp4") if overlay else None,
+        "processing_time": round(seconds, 3), "fps": round(frames / max(seconds, 1e-9), 2),
+        "model_version": engine.name,
+    }
+
+
+def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) -> None:
+    """A job worker process: load the model once, then run jobs until a None arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it stops us
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s job-worker %(message)s")
+    engine = spec.build()
+    store = TaskStore(db_path)
+    while True:
+        item = jobs.get()
+        if item is None:
+            break
+        task_id, video, video_path, params = item
+        if not store.start(task_id, os.getpid()):
+            continue  # cancelled or deleted while queued
+        try:
+            data = video if video is not None else Path(video_path).read_bytes()
+            result = process_video(
+                engine, data, Path(data_dir) / "jobs" / task_id,
+                overlay=bool(params.get("overlay")), name=params.get("name", "video"),
+                max_side=params.get("max_side"),
+                on_progress=lambda n, t=task_id, total=params.get("frames"): store.progress(
+                    t, min(n / total, 0.99) if total else 0.0),
+            )
+            store.complete(task_id, result)
+            logger.info("job %s: %d frames at %.1f frames/s", task_id, result["frames"],
+                        result["fps"])
+        except Exception as exc:  # a job's failure is its record's, never the worker's
+            logger.warning("job %s failed: %s", task_id, exc)
+            store.fail(task_id, f"{type(exc).__name__}: {exc}")
+    store.close()
+
+
+class JobRunner:
+    """The job queue and its worker processes, watched by a monitor thread.
+
+    Args:
+        spec: the model every worker loads.
+        store: the task records.
+        data_dir: job folders go to `<data_dir>/jobs/`.
+        workers: worker processes (>= 1).
+        max_queue: queued jobs beyond which `submit` refuses (>= 1).
+
+    Raises:
+        ValueError: on `workers` or `max_queue` < 1.
+    """
+
+    def __init__(self, spec: EngineSpec, store: TaskStore, data_dir: Path, *, workers: int = 1,
+                 max_queue: int = 8) -> None:
+        if workers < 1 or max_queue < 1:
+            raise ValueError(f"need workers >= 1 and max_queue >= 1, got {workers}, {max_queue}")
+        self.spec, self.store, self.data_dir = spec, store, Path(data_dir)
+        self.workers, self.max_queue = workers, max_queue
+        self._ctx = mp.get_context("spawn")  # no forked copy of the server's threads and models
+        self._queue: mp.Queue = self._ctx.Queue()
+        self._procs: list[mp.Process] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Recover records of a previous run, start the workers and the monitor."""
+        failed, again = self.store.recover()
+        for task_id in failed:
+            logger.warning("task %s failed: the server restarted during it", task_id)
+        for _ in range(self.workers):
+            self._procs.append(self._spawn())
+        for task_id in again:  # queued tasks on files survive a restart
+            record = self.store.get(task_id)
+            self._queue.put((task_id, None, record["video_path"], record["params"]))
+        self._monitor = threading.Thread(target=self._watch, name="job-monitor", daemon=True)
+        self._monitor.start()
+
+    def _spawn(self) -> mp.Process:
+        proc = self._ctx.Process(
+            target=_worker_main, name="stream-pose-job-worker", daemon=True,
+            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue))
+        proc.start()
+        logger.info("job worker started (pid %d)", proc.pid)
+        return proc
+
+    def submit(self, record: dict[str, Any], video: bytes | None) -> None:
+        """Queue a created task record (`video` bytes for an upload, else its `video_path`).
+
+        Raises:
+            QueueFullError: `max_queue` jobs are queued already (the record is marked failed).
+        """
+        with self._lock:
+            if self.store.counts()["queued"] > self.max_queue:  # this record is queued too
+                self.store.fail(record["id"], "job queue full")
+                raise QueueFullError(f"{self.max_queue} jobs are queued already")
+            self._queue.put((record["id"], video, record["video_path"], record["params"]))
+
+    def _watch(self) -> None:
+        """Replace dead workers and fail the job each was processing."""
+        while not self._stop.wait(MONITOR_INTERVAL_S):
+            for i, proc in enumerate(self._procs):
+                if proc.is_alive():
+                    continue
+                reason = _exit_reason(proc.exitcode)
+                for task_id in self.store.running_on(proc.pid):
+                    self.store.fail(task_id, f"job worker (pid {proc.pid}) {reason}; "
+                                    "the job did not finish")
+                    logger.warning("job %s failed: worker pid %d %s", task_id, proc.pid, reason)
+                if not self._stop.is_set():
+                    self._procs[i] = self._spawn()
+
+    def alive_workers(self) -> int:
+        """Worker processes running now."""
+        return sum(p.is_alive() for p in self._procs)
+
+    def worker_pids(self) -> list[int]:
+        """The workers' process ids."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the monitor and the workers (a job in progress is ended and marked failed)."""
+        self._stop.set()
+        for _ in self._procs:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout_s
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+            for task_id in self.store.running_on(proc.pid):
+                self.store.fail(task_id, "the server stopped during the job")
+        try:
+            while True:
+                self._queue.get_nowait()
+        except (queue_lib.Empty, OSError, ValueError):
+            pass
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    """'exited with status N' or 'was killed by SIGKILL' for a dead process's exit code."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
