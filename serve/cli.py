@@ -113,6 +113,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
                       help="queued jobs before 503 (default: %(default)s)")
     http.add_argument("--max-upload-mb", type=float, default=200.0,
                       help="largest video upload (default: %(default)s)")
+    http.add_argument("--max-frame-mb", type=float, default=20.0,
+                      help="largest /pose/hybrid or /process body (default: %(default)s)")
     http.add_argument("--max-sessions", type=int, default=32,
                       help="live /pose/hybrid sessions (default: %(default)s)")
     return p
@@ -152,7 +154,8 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
     Engine(args.model, teacher=args.teacher, threads=args.threads)  # fail fast, before binding
     cfg = ServerConfig(api=args.api, model=args.model, teacher=args.teacher, threads=args.threads,
                        data_dir=args.data_dir, video_root=args.video_root,
-                       max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
+                       max_upload_mb=args.max_upload_mb, max_frame_mb=args.max_frame_mb,
+                       max_queue=args.max_queue,
                        job_workers=args.job_workers, max_sessions=args.max_sessions,
                        session_options=options)
     port = DEFAULT_PORTS[args.api] if args.port is None else args.port

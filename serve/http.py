@@ -351,7 +351,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                     "total_tasks": sum(counts.values())}
         return {"status": "ready", "service": "stream-pose", "models": engine.describe(),
                 "ready": True, "model_version": engine.name, "sessions": len(state["sessions"]),
-                "job_workers": state["runner"].alive_workers()}
+                "job_workers": state["runner"].alive_workers(),
+                "job_worker_pids": state["runner"].worker_pids()}
 
     @app.get("/warmup")
     def warmup() -> dict[str, Any]:

@@ -134,9 +134,18 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
     }
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Exit this worker once the server that started it is gone (killed with SIGKILL, it
+    cannot stop us): an orphan would go on writing records a restarted server owns."""
+    while os.getppid() == parent:
+        time.sleep(MONITOR_INTERVAL_S)
+    os._exit(1)
+
+
 def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) -> None:
     """A job worker process: load the model once, then run jobs until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it stops us
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s job-worker %(message)s")
     engine = spec.build()
     store = TaskStore(db_path)
@@ -265,6 +274,8 @@ class JobRunner:
                 self._queue.get_nowait()
         except (queue_lib.Empty, OSError, ValueError):
             pass
+        self._queue.close()
+        self._queue.join_thread()
 
 
 def _exit_reason(exitcode: int | None) -> str:

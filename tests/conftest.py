@@ -34,3 +34,18 @@ def trained_run(tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def student_onnx(trained_run, tmp_path_factory) -> Path:
+    """The tiny trained student exported by the real `python -m serve.export` CLI (uint8 ONNX),
+    as a user would export one for serving."""
+    pytest.importorskip("onnxruntime")
+    path = tmp_path_factory.mktemp("serve_model") / "student.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "serve.export",
+         f"checkpoint={trained_run / 'checkpoints' / 'last.ckpt'}", "format=onnx", f"out={path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return path

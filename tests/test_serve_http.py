@@ -1,0 +1,317 @@
+"""`stream-pose serve http` as the seeds' clients use it: a real server subprocess on 127.0.0.1,
+real clips sent as JPEG frames or uploads, requests (and curl) as the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from servetools import (
+    KEYPOINT,
+    SEED_HEALTH_HYBRID,
+    SEED_HEALTH_TASKS,
+    SEED_HYBRID,
+    SEED_JOB_STATUS,
+    SEED_PROCESS,
+    SEED_TASK_RESULT,
+    SEED_TASK_STATUS,
+    Server,
+    assert_fields,
+    clip_frames,
+)
+from shared_paths import SHARED, VIDEOS
+
+from serve.images import encode_jpeg_base64
+
+pytestmark = [pytest.mark.slow]
+LONG_CLIP = SHARED / "footage" / "romp_fitness_jumping.mp4"  # hundreds of frames: a long job
+
+
+@pytest.fixture(scope="module")
+def hybrid(student_onnx, tmp_path_factory):
+    pytest.importorskip("mediapipe")
+    server = Server(tmp_path_factory.mktemp("hybrid"), "--api", "hybrid", "--model",
+                    str(student_onnx), "--video-root", str(VIDEOS), "--max-frame-mb", "2")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks(student_onnx, tmp_path_factory):
+    pytest.importorskip("mediapipe")
+    server = Server(tmp_path_factory.mktemp("tasks"), "--api", "tasks", "--model",
+                    str(student_onnx), "--video-root", str(SHARED))
+    yield server
+    server.stop()
+
+
+def _frame(server, image, number, session=None, **extra):
+    headers = {"X-Session-Id": session} if session else {}
+    r = server.post("/pose/hybrid", headers=headers,
+                    json={"image_base64": encode_jpeg_base64(image), "frame_number": number,
+                          **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_health_and_warmup_have_the_seed_fields(hybrid):
+    body = hybrid.get("/health").json()
+    assert_fields(body, SEED_HEALTH_HYBRID, "/health")
+    assert body["status"] == "ready" and body["ready"] is True
+    assert any(k.startswith("student:") for k in body["models"])
+    warm = hybrid.get("/warmup").json()
+    assert warm["status"] == "warm" and warm["seconds"] >= 0
+
+
+def test_every_frame_gets_a_pose_and_blanked_frames_are_predicted(hybrid):
+    frames = clip_frames(VIDEOS / "basketball_single.mp4", 40)
+    blank = set(range(15, 21))
+    out = []
+    for i, image in enumerate(frames):
+        sent = np.full_like(image, 128) if i in blank else image
+        out.append(_frame(hybrid, sent, i, session="blanked"))
+    for body in out:
+        assert_fields(body, SEED_HYBRID, f"frame {body['frame_number']}")
+        assert body["keypoint_count"] == 27 and body["has_3d"] is True
+        assert body["frame_width"] == frames[0].shape[1]
+        for kp in body["keypoints"]:
+            assert_fields(kp, KEYPOINT, "keypoint")
+    assert [b["frame_number"] for b in out] == list(range(40))  # 40 of 40 frames answered
+    assert all(out[i]["predicted"] for i in blank)
+    assert not any(out[i]["predicted"] for i in range(15))
+    assert {out[i]["track_id"] for i in range(25)} == {out[0]["track_id"]}
+    conf = [out[i]["tracking_confidence"] for i in sorted(blank)]
+    assert conf == sorted(conf, reverse=True) and conf[0] < out[14]["tracking_confidence"]
+
+
+def test_interleaved_sessions_do_not_mix(hybrid):
+    a = clip_frames(VIDEOS / "basketball_single.mp4", 8)
+    b = clip_frames(VIDEOS / "running_athlete.mp4", 8)
+    alone = [_frame(hybrid, img, i, session="alone") for i, img in enumerate(a)]
+    mixed_a, mixed_b = [], []
+    for i in range(8):
+        mixed_a.append(_frame(hybrid, a[i], i, session="mix-a"))
+        mixed_b.append(_frame(hybrid, b[i], i, session="mix-b"))
+    for x, y in zip(alone, mixed_a):  # session a answers as if b never existed
+        assert x["track_id"] == y["track_id"] and x["predicted"] == y["predicted"]
+        np.testing.assert_allclose([[k["x"], k["y"]] for k in x["keypoints"]],
+                                   [[k["x"], k["y"]] for k in y["keypoints"]], atol=1e-2)
+    assert mixed_b[0]["frame_width"] == b[0].shape[1]
+    # a frame number going back starts a new session under the same id: tracks start over
+    again = _frame(hybrid, a[0], 0, session="alone")
+    np.testing.assert_allclose([k["x"] for k in again["keypoints"]],
+                               [k["x"] for k in alone[0]["keypoints"]], atol=1e-2)
+
+
+def test_each_error_code_from_a_real_bad_request(hybrid, tmp_path):
+    post = hybrid.post
+    good = encode_jpeg_base64(clip_frames(VIDEOS / "posetrack_short.mp4", 1)[0])
+    assert post("/pose/hybrid", data=b"{not json",
+                headers={"Content-Type": "application/json"}).status_code == 400
+    assert post("/pose/hybrid", json={"image_base64": "%%%", "frame_number": 0}).status_code == 400
+    assert post("/pose/hybrid", json={"image_base64": "aGVsbG8=",  # "hello": not an image
+                                      "frame_number": 0}).status_code == 400
+    assert post("/pose/hybrid", json={"image_base64": good,
+                                      "frame_number": "x"}).status_code == 422
+    assert post("/pose/hybrid", json={"frame_number": 0}).status_code == 422
+    big = post("/pose/hybrid", json={"image_base64": "A" * (3 << 20), "frame_number": 0})
+    assert big.status_code == 413
+    assert hybrid.get("/job_status/nope").status_code == 404
+    assert hybrid.get("/status/nope").status_code == 404
+    assert hybrid.delete("/tasks/nope").status_code == 404
+    assert post("/process", json={"video_filename": "/etc/hostname"}).status_code == 403
+    assert post("/process", json={"video_filename": "../footage/tfjs_squats.mp4"}).status_code \
+        == 403  # outside --video-root through ..
+    assert post("/process", json={"video_filename": "missing.mp4"}).status_code == 404
+    assert post("/process_video", data=b"x", headers={"Content-Type": "video/mp4"}).status_code \
+        == 400
+    r = post("/process_video_async", files={"video": ("x.mp4", b"")}, data={"batch_size": "x"})
+    assert r.status_code in (400, 422)
+    for r in (big,):
+        assert "detail" in r.json()
+
+
+def test_curl_client_gets_a_pose(hybrid, tmp_path):
+    if shutil.which("curl") is None:
+        pytest.skip("no curl here")
+    image = clip_frames(VIDEOS / "posetrack_short.mp4", 1)[0]
+    body = tmp_path / "frame.json"
+    body.write_text(json.dumps({"image_base64": encode_jpeg_base64(image), "frame_number": 0}))
+    proc = subprocess.run(["curl", "-s", "-X", "POST", "-H", "Content-Type: application/json",
+                           "-H", "X-Session-Id: curl", "--data", f"@{body}",
+                           hybrid.url + "/pose/hybrid"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    assert_fields(json.loads(proc.stdout), SEED_HYBRID, "curl /pose/hybrid")
+
+
+def test_async_and_sync_video_jobs_complete_with_their_files(hybrid):
+    video = VIDEOS / "basketball_single.mp4"
+    with open(video, "rb") as fh:
+        r = hybrid.post("/process_video_async", files={"video": fh},
+                        data={"num_workers": "2", "batch_size": "8", "overlay": "true"})
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    job = hybrid.wait_for(f"/job_status/{r.json()['job_id']}", ("complete", "failed"))
+    assert job["status"] == "complete", job
+    assert_fields(job, SEED_JOB_STATUS, "/job_status")
+    result = job["result"]
+    assert result["frames"] == result["frames_with_pose"] == 40
+    lines = open(result["frames_file"]).read().splitlines()
+    assert len(lines) == 40 and json.loads(lines[0])["frame_number"] == 0
+    preds = json.load(open(result["predictions_file"]))
+    assert len(preds["instance_info"]) == 40 and preds["meta_info"]["num_keypoints"] == 27
+    assert os.path.getsize(result["overlay"]) > 1000
+    assert len(clip_frames(__import__("pathlib").Path(result["overlay"]))) == 40
+
+    with open(VIDEOS / "posetrack_short.mp4", "rb") as fh:
+        sync = hybrid.post("/process_video", files={"video": fh})
+    assert sync.status_code == 200, sync.text
+    assert sync.json()["status"] == "complete" and len(sync.json()["frames"]) == 5
+    assert not os.path.exists(sync.json()["result"]["frames_file"].replace(
+        "frames.jsonl", "overlay.mp4"))  # no overlay unless asked
+
+
+def test_a_sigkilled_job_worker_fails_its_job_and_is_replaced(hybrid):
+    with open(LONG_CLIP, "rb") as fh:
+        job_id = hybrid.post("/process_video_async", files={"video": fh}).json()["job_id"]
+    hybrid.wait_for(f"/job_status/{job_id}", ("processing",), timeout_s=120)
+    (pid,) = hybrid.get("/health").json()["job_worker_pids"]
+    os.kill(pid, signal.SIGKILL)
+    job = hybrid.wait_for(f"/job_status/{job_id}", ("failed", "complete"), timeout_s=30)
+    assert job["status"] == "failed" and "SIGKILL" in job["error"], job
+    deadline = time.monotonic() + 60
+    while hybrid.get("/health").json()["job_worker_pids"] in ([], [pid]):
+        assert time.monotonic() < deadline, "no replacement worker"
+        time.sleep(0.2)
+    with open(VIDEOS / "posetrack_short.mp4", "rb") as fh:  # the new worker takes jobs
+        assert hybrid.post("/process_video", files={"video": fh}).json()["status"] == "complete"
+
+
+def test_a_full_queue_answers_503_with_retry_after(student_onnx, tmp_path):
+    server = Server(tmp_path, "--model", str(student_onnx), "--max-queue", "1")
+    try:
+        codes = []
+        for _ in range(4):
+            with open(LONG_CLIP, "rb") as fh:
+                r = server.post("/process_video_async", files={"video": fh})
+            codes.append(r.status_code)
+            if r.status_code == 503:
+                assert int(r.headers["Retry-After"]) > 0
+        assert codes[0] == 200 and 503 in codes, codes
+    finally:
+        server.stop()
+
+
+def test_task_api_lifecycle(tasks):
+    health = tasks.get("/health").json()
+    assert_fields(health, SEED_HEALTH_TASKS, "/health (tasks)")
+    assert health["status"] == "healthy"
+    r = tasks.post("/process", json={"video_filename": str(VIDEOS / "posetrack_short.mp4"),
+                                     "model": "vitpose"})  # a seed 003 client, unchanged
+    assert r.status_code == 200
+    assert_fields(r.json(), SEED_PROCESS, "/process")
+    task_id = r.json()["task_id"]
+    status = tasks.wait_for(f"/status/{task_id}", ("completed", "failed"))
+    assert status["status"] == "completed", status
+    assert_fields(status, SEED_TASK_STATUS, "/status")
+    assert_fields(status["result"], SEED_TASK_RESULT, "/status result")
+    assert os.path.isfile(status["result"]["predictions_file"])
+    listed = tasks.get("/tasks").json()
+    assert task_id in [t["task_id"] for t in listed["tasks"]]
+    assert tasks.get("/health").json()["total_tasks"] >= 1
+    assert tasks.delete(f"/tasks/{task_id}").status_code == 200
+    assert tasks.get(f"/status/{task_id}").status_code == 404
+
+
+def test_delete_cancels_a_queued_task(tasks):
+    first = tasks.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+    second = tasks.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+    r = tasks.delete(f"/tasks/{second}")
+    assert r.status_code == 200 and r.json()["cancelled"] is True
+    tasks.wait_for(f"/status/{first}", ("completed", "failed"), timeout_s=600)
+    assert not (tasks.data_dir / "jobs" / second).exists()  # it never ran
+    time.sleep(1.0)
+    assert tasks.get(f"/status/{second}").status_code == 404
+
+
+def test_the_task_store_survives_a_restart(student_onnx, tmp_path):
+    data = tmp_path / "data"
+    server = Server(tmp_path, "--api", "tasks", "--model", str(student_onnx),
+                    "--video-root", str(SHARED), data_dir=data)
+    done = server.post("/process", json={"video_filename": str(VIDEOS / "street_short.mp4")})
+    done_id = done.json()["task_id"]
+    server.wait_for(f"/status/{done_id}", ("completed",))
+    running = server.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+    server.wait_for(f"/status/{running}", ("processing",), timeout_s=120)
+    server.stop(signal.SIGKILL)  # a crash: no chance to update the records
+
+    again = Server(tmp_path, "--api", "tasks", "--model", str(student_onnx),
+                   "--video-root", str(SHARED), data_dir=data)
+    try:
+        assert again.get(f"/status/{done_id}").json()["status"] == "completed"
+        lost = again.get(f"/status/{running}").json()
+        assert lost["status"] == "failed" and "restarted" in lost["error"]
+        assert again.get("/tasks").json()["total"] == 2
+    finally:
+        again.stop()
+
+
+def test_no_upload_or_frame_is_written_to_disk(student_onnx, tmp_path):
+    """An audit hook (PEP 578) in the server and its job workers logs every file opened for
+    writing; only the job outputs and the task database may appear. One exclusion: the empty
+    temporary files `ctypes.util.find_library` creates to probe for shared libraries when
+    MediaPipe is imported (sounddevice); they hold no data."""
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir()
+    log = tmp_path / "writes.log"
+    (hook_dir / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"_log = open({str(log)!r}, 'a', buffering=1)\n"
+        "_W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC\n"
+        "def _probing():\n"
+        "    f = sys._getframe(2)\n"
+        "    while f is not None:\n"
+        "        if f.f_code.co_filename.endswith(os.path.join('ctypes', 'util.py')):\n"
+        "            return True\n"
+        "        f = f.f_back\n"
+        "    return False\n"
+        "def _hook(event, args):\n"
+        "    if event in ('open', 'tempfile.mkstemp', 'tempfile.mkdtemp') and _probing():\n"
+        "        return\n"
+        "    if event == 'open':\n"
+        "        path, mode, flags = args\n"
+        "        w = (isinstance(mode, str) and any(c in mode for c in 'wax+')) or "
+        "(isinstance(flags, int) and flags & _W)\n"
+        "        if w and isinstance(path, (str, bytes, os.PathLike)):\n"
+        "            _log.write(os.path.abspath(os.fsdecode(path)) + '\\n')\n"
+        "    elif event in ('tempfile.mkstemp', 'tempfile.mkdtemp'):\n"
+        "        _log.write(os.fsdecode(args[0]) + '\\n')\n"
+        "sys.addaudithook(_hook)\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    server = Server(tmp_path, "--model", str(student_onnx), env=env)
+    try:
+        upload = VIDEOS / "running_athlete.mp4"  # 2 MB: Starlette would spool it to disk
+        assert upload.stat().st_size > 1 << 20
+        with open(upload, "rb") as fh:
+            job = server.post("/process_video_async", files={"video": fh}).json()["job_id"]
+        for i, image in enumerate(clip_frames(VIDEOS / "street_short.mp4")):
+            _frame(server, image, i)
+        server.wait_for(f"/job_status/{job}", ("complete", "failed"))
+    finally:
+        server.stop()
+    data = str(server.data_dir.resolve())
+    writes = {w for w in log.read_text().splitlines()}
+    outside = sorted(w for w in writes if not w.startswith(data + os.sep) and
+                     not w.startswith("/dev/") and w != str(log))
+    assert outside == [], f"written outside {data}: {outside}"
+    names = {os.path.basename(w) for w in writes if w.startswith(data)}
+    assert names <= {"tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm",
+                     "tasks.sqlite3-journal", "frames.jsonl", "predictions.json"}, names
+    assert "frames.jsonl" in names  # the hook saw the job's writes: it was really watching
