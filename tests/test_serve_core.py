@@ -139,7 +139,8 @@ def test_gaps_are_filled_with_the_same_track_and_decaying_confidence():
     gap = [f.people[0] for f in out[10:14]]
     assert all(p.predicted for p in gap) and not out[9].people[0].predicted
     conf = [p.tracking_confidence for p in gap]
-    assert conf == sorted(conf, reverse=True) and conf[-1] < 0.7 * out[9].people[0].tracking_confidence
+    assert conf == sorted(conf, reverse=True)
+    assert conf[-1] < 0.7 * out[9].people[0].tracking_confidence
     # predicted from motion: the gap's poses keep moving right
     xs = [f.people[0].kpts2d[JOINT_INDEX["pelvis"], 0] for f in out[9:14]]
     assert all(b > a for a, b in zip(xs, xs[1:]))
