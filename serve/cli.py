@@ -62,6 +62,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gap", type=int, default=30,
                    help="frames a lost person's pose is predicted from its motion "
                    "(default: %(default)s)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="downscale frames to this longer side before posing (default: the size "
+                   "the student was trained at, else 640; 0: full resolution); answers stay in "
+                   "the sent frame's pixels")
     p.add_argument("--fps", type=float, default=30.0,
                    help="frame rate assumed for frames without timestamps (default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="log at DEBUG level, show tracebacks")
@@ -134,7 +138,8 @@ def serve_main(argv: Sequence[str]) -> int:
             from serve import stdio
 
             def engine_factory() -> Engine:
-                return Engine(args.model, teacher=args.teacher, threads=args.threads, **options)
+                return Engine(args.model, teacher=args.teacher, threads=args.threads,
+                              max_side=args.max_side, **options)
 
             return stdio.run(sys.stdin, engine_factory=engine_factory)
         return _serve_http(args, options)
@@ -153,6 +158,7 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
 
     Engine(args.model, teacher=args.teacher, threads=args.threads)  # fail fast, before binding
     cfg = ServerConfig(api=args.api, model=args.model, teacher=args.teacher, threads=args.threads,
+                       max_side=args.max_side,
                        data_dir=args.data_dir, video_root=args.video_root,
                        max_upload_mb=args.max_upload_mb, max_frame_mb=args.max_frame_mb,
                        max_queue=args.max_queue,

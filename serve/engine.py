@@ -38,6 +38,9 @@ from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS
 logger = logging.getLogger(__name__)
 
 TEACHER_MODELS = ("mediapipe", "comotion")  # `model` values that serve a teacher alone
+# Frames are downscaled to this longer side unless the model says otherwise: the size training
+# decodes real video at (conf/source/local.yaml `max_side`); MediaPipe works at 256 px inside.
+DEFAULT_MAX_SIDE = 640
 ONNX_OUTPUTS = ("kpts3d", "kpts2d", "confidence")  # serve.export.OUTPUTS
 
 
@@ -70,6 +73,7 @@ class CropModel(Protocol):
     name: str
     crop_size: int
     defined: np.ndarray
+    max_side: int | None
 
     def __call__(self, crops: np.ndarray) -> CropPoses: ...
 
@@ -90,6 +94,7 @@ class TorchCropModel:
         self.net, self.device, self.name = net.eval().to(device), torch.device(device), name
         self.crop_size = int(net.crop_size)
         self.defined = np.ones(NUM_JOINTS, bool) if defined is None else np.asarray(defined, bool)
+        self.max_side: int | None = None  # the frame size it was trained at, where known
         self._lock = threading.Lock()
 
     @torch.inference_mode()
@@ -142,6 +147,8 @@ class OnnxCropModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         names = set(json.loads(meta.get("supervised_joints", json.dumps(JOINT_NAMES))))
         self.defined = np.array([n in names for n in JOINT_NAMES])
+        side = meta.get("frame_max_side", "")
+        self.max_side = int(side) if side.isdigit() else None
 
     def __call__(self, crops: np.ndarray) -> CropPoses:
         outs = dict(zip(self.outputs, self.session.run(None, {"image": crops})))
@@ -171,8 +178,10 @@ def load_crop_model(model: str, *, threads: int = 1, device: str = "cpu") -> Cro
         except (CheckpointError, FileNotFoundError) as exc:
             raise ModelLoadError(f"model {model!r}: {exc}") from exc
         torch.set_num_threads(int(threads))
-        return TorchCropModel(loaded.net, device=device, name=path.name,
-                              defined=loaded.supervised)
+        model = TorchCropModel(loaded.net, device=device, name=path.name,
+                               defined=loaded.supervised)
+        model.max_side = loaded.run_config.get("source", {}).get("max_side")
+        return model
     raise ModelLoadError(f"model {model!r}: expected a .onnx or .ckpt file, or one of "
                          f"{', '.join(TEACHER_MODELS)}")
 
@@ -185,6 +194,8 @@ class Engine:
         teacher: the model that boxes people for a student (a name in `labeler.TEACHERS`).
         threads: CPU threads of the student.
         device: torch device of a `.ckpt` student.
+        max_side: frames are downscaled to this longer side before anything runs; None: the
+            model's training size (`frame_max_side`), else `DEFAULT_MAX_SIDE`; 0: never.
         session_options: defaults for `new_session` (see `serve.session.Session`).
 
     Raises:
@@ -192,7 +203,8 @@ class Engine:
     """
 
     def __init__(self, model: str = "mediapipe", *, teacher: str = "mediapipe", threads: int = 1,
-                 device: str = "cpu", **session_options: Any) -> None:
+                 device: str = "cpu", max_side: int | None = None,
+                 **session_options: Any) -> None:
         self.model = str(model)
         if self.model in TEACHER_MODELS:
             self.crop_model, self.teacher_name = None, self.model
@@ -204,6 +216,9 @@ class Engine:
                                  f"{', '.join(sorted(TEACHERS))}")
         self.session_options = session_options
         self.warm = False
+        if max_side is None:
+            max_side = getattr(self.crop_model, "max_side", None) or DEFAULT_MAX_SIDE
+        self.max_side: int | None = int(max_side) or None
 
     @property
     def name(self) -> str:

@@ -151,7 +151,8 @@ def export(cfg: DictConfig) -> ExportResult:
         Path(loaded.run_config.paths.output_dir) / "export"
         / f"{loaded.checkpoint.stem}{FORMATS[cfg.format]}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = model_metadata(model, loaded.step, loaded.supervised)
+    metadata = model_metadata(model, loaded.step, loaded.supervised,
+                              loaded.run_config.get("source", {}).get("max_side"))
     try:
         if cfg.format == "onnx":
             export_onnx(model, path, cfg.opset, metadata)
@@ -172,12 +173,13 @@ def export(cfg: DictConfig) -> ExportResult:
     return ExportResult(path, cfg.format, cfg.dtype, model.crop_size, diff)
 
 
-def model_metadata(model: ExportableStudent, step: int,
-                   supervised: np.ndarray | None = None) -> dict[str, str]:
+def model_metadata(model: ExportableStudent, step: int, supervised: np.ndarray | None = None,
+                   frame_max_side: int | None = None) -> dict[str, str]:
     """What a user of the exported file needs to know, as string pairs stored inside it.
 
     `supervised_joints` names the joints the training labels had (`LoadedStudent.supervised`);
-    serving gives the others confidence 0."""
+    serving gives the others confidence 0. `frame_max_side` is the longer side training's
+    frames were downscaled to (`source.max_side`); serving downscales frames the same way."""
     supervised = np.ones(len(JOINT_NAMES), bool) if supervised is None else supervised
     low, high = ("0", "255") if model.dtype == torch.uint8 else ("0", "1")
     return {
@@ -190,6 +192,7 @@ def model_metadata(model: ExportableStudent, step: int,
         "supervised_joints": json.dumps([n for n, m in zip(JOINT_NAMES, supervised) if m]),
         "confidence": "[B, 27] in [0, 1], heatmap mass around each joint's peak",
         "train_step": str(step),
+        "frame_max_side": "" if frame_max_side is None else str(int(frame_max_side)),
     }
 
 

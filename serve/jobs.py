@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from serve.engine import Engine
 from serve.overlay import VideoWriter
 from serve.schemas import hybrid_response, mmpose_instance, mmpose_predictions
+from serve.session import SessionFrame
 from serve.store import TaskStore
 from stream_pose.draw import draw_pose
 from stream_pose.types import VideoRef
@@ -58,6 +61,7 @@ class EngineSpec:
     model: str
     teacher: str = "mediapipe"
     threads: int = 1
+    max_side: int | None = None
     session_options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Engine:
@@ -67,7 +71,7 @@ class EngineSpec:
             serve.engine.ModelLoadError: as `Engine`.
         """
         return Engine(self.model, teacher=self.teacher, threads=self.threads,
-                      **self.session_options)
+                      max_side=self.max_side, **self.session_options)
 
 
 def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool = False,
@@ -82,7 +86,8 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
         overlay: also write `overlay.mp4`.
         name: the video's name in the records.
         on_progress: called with the number of frames done, every `PROGRESS_EVERY` frames.
-        max_side: downscale frames so the longer side is at most this (None: as decoded).
+        max_side: downscale frames so the longer side is at most this (None: the engine's
+            `max_side`); 2D answers are in the video's own pixels either way.
 
     Returns:
         The result record: frame counts, coverage, paths, seconds and frames per second.
@@ -96,20 +101,20 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
     writer = VideoWriter(job_dir / "overlay.mp4") if overlay else None
     frames, instances, with_pose, predicted = 0, [], 0, 0
     ref = VideoRef(id=name, kind="upload", uri="")
+    size = _video_size(video)
     try:
         with open(job_dir / "frames.jsonl", "w") as lines:
-            for frame in frames_from_bytes(video, ref, SourceStats(), max_side=max_side):
-                result = session.step(frame.image, frame_number=frame.index, time_s=frame.time_s)
+            for frame in frames_from_bytes(video, ref, SourceStats(),
+                                           max_side=max_side or engine.max_side):
+                result = session.step(frame.image, frame_number=frame.index,
+                                      time_s=frame.time_s, original_size=size)
                 lines.write(json.dumps(hybrid_response(result, engine.name)) + "\n")
                 instances.append({"frame_id": frame.index,
                                   "instances": [mmpose_instance(p) for p in result.people]})
                 with_pose += bool(result.people)
                 predicted += bool(result.people) and all(p.predicted for p in result.people)
                 if writer is not None:
-                    image = frame.image.copy()
-                    for p in result.people:
-                        draw_pose(image, p.kpts2d, p.defined, p.box_xyxy)
-                    writer.write(image, frame.time_s)
+                    writer.write(_overlay(frame.image, result), frame.time_s)
                 frames += 1
                 if on_progress is not None and frames % PROGRESS_EVERY == 0:
                     on_progress(frames)
@@ -140,6 +145,27 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(MONITOR_INTERVAL_S)
     os._exit(1)
+
+
+def _video_size(video: bytes) -> tuple[int, int] | None:
+    """(W, H) of the first frame as decoded at full size, upright; None if undecodable."""
+    from video_sources.decode import decode_video_bytes
+
+    try:
+        _, _, image = next(iter(decode_video_bytes(video, max_frames=1)))
+    except Exception:  # the main decode loop reports the error
+        return None
+    return image.shape[1], image.shape[0]
+
+
+def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:
+    """The working-size frame with each person drawn (2D scaled back to that size)."""
+    out = image.copy()
+    sx, sy = image.shape[1] / result.width, image.shape[0] / result.height
+    scale = np.array([sx, sy], np.float32)
+    for p in result.people:
+        draw_pose(out, p.kpts2d * scale, p.defined, p.box_xyxy * np.tile(scale, 2))
+    return out
 
 
 def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from serve.checkpoint import CheckpointError, load_student
+from serve.engine import ModelLoadError, OnnxCropModel, TorchCropModel
 from serve.overlay import VideoWriter
 from serve.tracker import FramePoses, PersonPose, TopDownTracker
 from stream_pose.draw import draw_pose
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay overlay.mp4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt from train.train")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a .ckpt from train.train, or an exported .onnx (serve.export)")
     p.add_argument("--video", required=True, type=Path, help="video file (mp4, mov, mkv, ...)")
     p.add_argument("--out", default="-",
                    help="JSON lines output file; '-' writes to stdout (default)")
@@ -132,8 +134,12 @@ def predict_video(
     """
     if not video.is_file():  # before loading models: fail fast on a typo
         raise FileNotFoundError(f"video not found: {video}")
-    student = load_student(checkpoint, run_config)
-    tracker = TopDownTracker(student.net, teacher_class(teacher)(),
+    if Path(checkpoint).suffix == ".onnx":
+        model = OnnxCropModel(checkpoint)
+    else:
+        student = load_student(checkpoint, run_config)
+        model = TorchCropModel(student.net, device, defined=student.supervised)
+    tracker = TopDownTracker(model, teacher_class(teacher)(),
                              redetect_every=redetect_every, device=device)
     summary, total_ms = PredictSummary(), 0.0
     with contextlib.ExitStack() as stack:
@@ -218,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redetect_every=args.redetect_every, device=args.device,
                 run_config=args.run_config,
             )
-    except (FileNotFoundError, CheckpointError, VideoDecodeError, TeacherUnavailableError,
-            ValueError) as exc:
+    except (FileNotFoundError, CheckpointError, ModelLoadError, VideoDecodeError,
+            TeacherUnavailableError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logger.info("%s", summary.line())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve.fields import camera_translation, joint_angles, named_keypoints, round_or_none
+from serve.fields import camera_translation, joint_angles, named_keypoints, rounded_list
 from serve.session import SessionFrame, TrackedPose
 from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS
 
@@ -26,9 +26,9 @@ def person_fields(person: TrackedPose, frame: SessionFrame) -> dict[str, Any]:
         "track_id": person.track_id,
         "predicted": person.predicted,
         "tracking_confidence": round(person.tracking_confidence, 3),
-        "bbox": [round_or_none(v, 2) for v in person.box_xyxy],
+        "bbox": rounded_list(person.box_xyxy, 2),
         "keypoints": named_keypoints(person.kpts2d, person.kpts3d, person.confidence),
-        "joints_3d_raw": [[round_or_none(v, 4) for v in p] for p in person.kpts3d],
+        "joints_3d_raw": rounded_list(person.kpts3d, 4),
         "joint_angles_3d": joint_angles(person.kpts3d, person.defined),
         "camera_translation": camera_translation(person.kpts3d, person.kpts2d, frame.K,
                                                  person.confidence),
@@ -42,13 +42,15 @@ def _empty_person() -> dict[str, Any]:
 
 
 def hybrid_response(frame: SessionFrame, model_version: str,
-                    processing_ms: float | None = None) -> dict[str, Any]:
+                    processing_ms: float | None = None,
+                    timings_ms: dict[str, float] | None = None) -> dict[str, Any]:
     """Seed 001's response for one frame (see the module docstring).
 
     Args:
         frame: the session's answer.
         model_version: e.g. `Engine.name`.
         processing_ms: the time to report (default: the session step's own).
+        timings_ms: optional parts of that time (e.g. decode, pose), reported as `timings_ms`.
     """
     people = [person_fields(p, frame) for p in frame.people]
     first = people[0] if people else _empty_person()
@@ -71,6 +73,7 @@ def hybrid_response(frame: SessionFrame, model_version: str,
         "processing_time_ms": round(frame.processing_ms if processing_ms is None
                                     else processing_ms, 2),
         "model_version": model_version,
+        "timings_ms": {k: round(v, 2) for k, v in (timings_ms or {}).items()},
         "people": people,
     }
 
@@ -99,10 +102,10 @@ def stdio_record(frame: SessionFrame, processing_ms: float | None = None) -> dic
 def mmpose_instance(person: TrackedPose) -> dict[str, Any]:
     """One person as an MMPose instance: 2D keypoints + scores, box, and our 3D and track."""
     return {
-        "keypoints": [[round_or_none(v, 2) for v in xy] for xy in person.kpts2d],
-        "keypoint_scores": [round_or_none(c, 3) for c in person.confidence],
-        "keypoints_3d": [[round_or_none(v, 4) for v in p] for p in person.kpts3d],
-        "bbox": [[round_or_none(v, 2) for v in person.box_xyxy]],
+        "keypoints": rounded_list(person.kpts2d, 2),
+        "keypoint_scores": rounded_list(person.confidence, 3),
+        "keypoints_3d": rounded_list(person.kpts3d, 4),
+        "bbox": [rounded_list(person.box_xyxy, 2)],
         "bbox_score": round(person.tracking_confidence, 3),
         "track_id": person.track_id,
         "predicted": person.predicted,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -169,14 +169,17 @@ class Session:
             self.teacher = None
 
     def step(self, image: np.ndarray, frame_number: int | None = None,
-             time_s: float | None = None, K: np.ndarray | None = None) -> SessionFrame:
+             time_s: float | None = None, K: np.ndarray | None = None,
+             original_size: tuple[int, int] | None = None) -> SessionFrame:
         """Answer one frame.
 
         Args:
-            image: `[H, W, 3]` uint8 RGB.
+            image: `[h, w, 3]` uint8 RGB, possibly downscaled from what the client sent.
             frame_number: the caller's number (default: frames seen so far).
             time_s: presentation time in seconds (default: `frame_number / fps`).
-            K: `[3, 3]` intrinsics; default `stream_pose.camera.default_K(H, W)`.
+            K: `[3, 3]` intrinsics of the original frame; default `default_K(H, W)`.
+            original_size: (W, H) the client's frame had; 2D answers (keypoints, boxes) are
+                scaled to it. Default: the image's own size.
 
         Raises:
             ValueError: an image that is not `[H, W, 3]` uint8.
@@ -192,13 +195,17 @@ class Session:
         number = self.frames if frame_number is None else int(frame_number)
         now = number / self.fps if time_s is None else float(time_s)
         h, w = image.shape[:2]
-        frame = Frame(image=image, index=number, time_s=now, video=self._video, K=K)
+        frame = Frame(image=image, index=number, time_s=now, video=self._video)
         observations, teacher_ms = self._observe(frame)
         people = self._update_tracks(observations, now)
         self.frames += 1
+        W, H = (w, h) if original_size is None else (int(original_size[0]),
+                                                      int(original_size[1]))
+        if (W, H) != (w, h):
+            people = [_rescaled(p, W / w, H / h) for p in people]
         return SessionFrame(
-            frame_number=number, width=w, height=h,
-            K=(default_K(h, w) if K is None else np.asarray(K, np.float32)),
+            frame_number=number, width=W, height=H,
+            K=(default_K(H, W) if K is None else np.asarray(K, np.float32)),
             people=people, processing_ms=1000.0 * (time.perf_counter() - t0),
             teacher_ms=teacher_ms,
         )
@@ -309,6 +316,12 @@ class Session:
         track.last = pose
         track.source_id = None  # the tracker lost it; a re-detection is matched by overlap
         return pose
+
+
+def _rescaled(pose: TrackedPose, sx: float, sy: float) -> TrackedPose:
+    """A copy of `pose` with its 2D (keypoints, box) scaled by (sx, sy)."""
+    scale = np.array([sx, sy], np.float32)
+    return replace(pose, kpts2d=pose.kpts2d * scale, box_xyxy=pose.box_xyxy * np.tile(scale, 2))
 
 
 def _predicted_box(track: _Track) -> np.ndarray:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from serve.engine import Engine
-from serve.images import ImageDecodeError, decode_base64_image, decode_image
+from serve.images import DecodedImage, ImageDecodeError, decode_base64_image, decode_image
 from serve.schemas import stdio_record
 
 logger = logging.getLogger(__name__)
@@ -54,18 +54,18 @@ def parse_request(text: str) -> list[dict[str, Any]]:
     return frames
 
 
-def load_frame_image(entry: dict[str, Any]):
-    """The `[H, W, 3]` uint8 RGB image of one input frame.
+def load_frame_image(entry: dict[str, Any], max_side: int | None = None) -> DecodedImage:
+    """The image of one input frame, downscaled to `max_side` (`serve.images`).
 
     Raises:
         ImageDecodeError: neither field, an unreadable file, or bytes that are not an image.
     """
     if entry.get("imageBase64"):
-        return decode_base64_image(entry["imageBase64"])
+        return decode_base64_image(entry["imageBase64"], max_side)
     if entry.get("imagePath"):
         path = Path(str(entry["imagePath"]))
         try:
-            return decode_image(path.read_bytes())
+            return decode_image(path.read_bytes(), max_side)
         except OSError as exc:
             raise ImageDecodeError(f"cannot read imagePath {path}: {exc.strerror}") from exc
     raise ImageDecodeError("frame has neither imageBase64 nor imagePath")
@@ -81,7 +81,9 @@ def answer(engine: Engine, frames: list[dict[str, Any]]) -> list[dict[str, Any]]
             try:
                 if isinstance(number, bool) or not isinstance(number, int):
                     raise ImageDecodeError(f"frameNumber must be an integer, got {number!r}")
-                result = session.step(load_frame_image(entry), frame_number=number)
+                decoded = load_frame_image(entry, engine.max_side)
+                result = session.step(decoded.image, frame_number=number,
+                                      original_size=decoded.size)
             except (ImageDecodeError, ValueError) as exc:
                 logger.warning("frame %s: %s", number, exc)
                 out.append({"frameNumber": number, "error": str(exc)})

@@ -21,12 +21,12 @@ from servetools import (
     SEED_PROCESS,
     SEED_TASK_RESULT,
     SEED_TASK_STATUS,
-    Server,
     assert_fields,
     clip_frames,
 )
 from shared_paths import SHARED, VIDEOS
 
+from bench.server import Server
 from serve.images import encode_jpeg_base64
 
 pytestmark = [pytest.mark.slow]
