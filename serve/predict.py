@@ -37,6 +37,7 @@ import numpy as np
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from serve.checkpoint import CheckpointError, load_student
 from serve.engine import ModelLoadError, OnnxCropModel, TorchCropModel
+from serve.fields import round_or_none, rounded_list
 from serve.overlay import VideoWriter
 from serve.tracker import FramePoses, PersonPose, TopDownTracker
 from stream_pose.draw import draw_pose
@@ -177,7 +178,7 @@ def frame_record(frame: Frame, poses: FramePoses) -> dict[str, Any]:
     """The JSON object of one frame (see the module docstring)."""
     return {
         "frame": frame.index,
-        "time_s": _finite(frame.time_s, 4),
+        "time_s": round_or_none(frame.time_s, 4),
         "student_ms": round(poses.student_ms, 2),
         "teacher_ms": None if poses.teacher_ms is None else round(poses.teacher_ms, 2),
         "people": [person_record(p) for p in poses.people],
@@ -191,8 +192,8 @@ def person_record(person: PersonPose) -> dict[str, Any]:
         "box_from": person.box_from,
         "crop_xyxy": [round(float(v), 2) for v in person.crop_xyxy],
         "tracked": [n for n, t in zip(JOINT_NAMES, person.tracked) if t],
-        "kpts2d": {n: [_finite(v, 2) for v in xy] for n, xy in zip(JOINT_NAMES, person.kpts2d)},
-        "kpts3d": {n: [_finite(v, 4) for v in p] for n, p in zip(JOINT_NAMES, person.kpts3d)},
+        "kpts2d": dict(zip(JOINT_NAMES, rounded_list(person.kpts2d, 2))),
+        "kpts3d": dict(zip(JOINT_NAMES, rounded_list(person.kpts3d, 4))),
     }
 
 
@@ -203,11 +204,6 @@ def draw_people(frame: Frame, people: list[PersonPose]) -> np.ndarray:
         draw_pose(image, person.kpts2d, person.tracked, person.crop_xyxy)
     return image
 
-
-def _finite(value: float, digits: int) -> float | None:
-    """A rounded float, or None (JSON null) for NaN or infinity."""
-    value = float(value)
-    return round(value, digits) if math.isfinite(value) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
