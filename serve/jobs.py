@@ -20,6 +20,7 @@ server's `--job-workers` processes, one video each.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -85,7 +86,8 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
         job_dir: output folder (created).
         overlay: also write `overlay.mp4`.
         name: the video's name in the records.
-        on_progress: called with the number of frames done, every `PROGRESS_EVERY` frames.
+        on_progress: called with the fraction of frames done (0 to 1; 0 while the container
+            declares no frame count), every `PROGRESS_EVERY` frames.
         max_side: downscale frames so the longer side is at most this (None: the engine's
             `max_side`); 2D answers are in the video's own pixels either way.
 
@@ -101,7 +103,7 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
     writer = VideoWriter(job_dir / "overlay.mp4") if overlay else None
     frames, instances, with_pose, predicted = 0, [], 0, 0
     ref = VideoRef(id=name, kind="upload", uri="")
-    size = _video_size(video)
+    size, total = _probe(video)
     try:
         with open(job_dir / "frames.jsonl", "w") as lines:
             for frame in frames_from_bytes(video, ref, SourceStats(),
@@ -117,7 +119,7 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
                     writer.write(_overlay(frame.image, result), frame.time_s)
                 frames += 1
                 if on_progress is not None and frames % PROGRESS_EVERY == 0:
-                    on_progress(frames)
+                    on_progress(min(frames / total, 0.99) if total else 0.0)
     finally:
         session.close()
         if writer is not None:
@@ -147,15 +149,20 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _video_size(video: bytes) -> tuple[int, int] | None:
-    """(W, H) of the first frame as decoded at full size, upright; None if undecodable."""
+def _probe(video: bytes) -> tuple[tuple[int, int] | None, int]:
+    """(W, H) of the first frame as decoded at full size, upright, and the frame count the
+    container declares (0: unknown); (None, 0) if undecodable (the main loop reports why)."""
+    import av
+
     from video_sources.decode import decode_video_bytes
 
     try:
         _, _, image = next(iter(decode_video_bytes(video, max_frames=1)))
-    except Exception:  # the main decode loop reports the error
-        return None
-    return image.shape[1], image.shape[0]
+        with av.open(io.BytesIO(video)) as container:
+            frames = int(container.streams.video[0].frames or 0)
+    except Exception:  # undecodable: process_video raises VideoDecodeError with the reason
+        return None, 0
+    return (image.shape[1], image.shape[0]), frames
 
 
 def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:
@@ -188,8 +195,7 @@ def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) 
                 engine, data, Path(data_dir) / "jobs" / task_id,
                 overlay=bool(params.get("overlay")), name=params.get("name", "video"),
                 max_side=params.get("max_side"),
-                on_progress=lambda n, t=task_id, total=params.get("frames"): store.progress(
-                    t, min(n / total, 0.99) if total else 0.0),
+                on_progress=lambda fraction, t=task_id: store.progress(t, fraction),
             )
             store.complete(task_id, result)
             logger.info("job %s: %d frames at %.1f frames/s", task_id, result["frames"],

@@ -181,6 +181,10 @@ def test_a_sigkilled_job_worker_fails_its_job_and_is_replaced(hybrid):
     with open(LONG_CLIP, "rb") as fh:
         job_id = hybrid.post("/process_video_async", files={"video": fh}).json()["job_id"]
     hybrid.wait_for(f"/job_status/{job_id}", ("processing",), timeout_s=120)
+    deadline = time.monotonic() + 120
+    while hybrid.get(f"/job_status/{job_id}").json()["progress"] <= 0:  # mid-job, and it says so
+        assert time.monotonic() < deadline, "no progress reported"
+        time.sleep(0.1)
     (pid,) = hybrid.get("/health").json()["job_worker_pids"]
     os.kill(pid, signal.SIGKILL)
     job = hybrid.wait_for(f"/job_status/{job_id}", ("failed", "complete"), timeout_s=30)
