@@ -138,8 +138,10 @@ def serve_main(argv: Sequence[str]) -> int:
             from serve import stdio
 
             def engine_factory() -> Engine:
-                return Engine(args.model, teacher=args.teacher, threads=args.threads,
-                              max_side=args.max_side, **options)
+                engine = Engine(args.model, teacher=args.teacher, threads=args.threads,
+                                max_side=args.max_side, **options)
+                engine.check_teacher()
+                return engine
 
             return stdio.run(sys.stdin, engine_factory=engine_factory)
         return _serve_http(args, options)
@@ -156,7 +158,8 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
     from serve.engine import Engine
     from serve.http import DEFAULT_PORTS, ServerConfig, create_app
 
-    Engine(args.model, teacher=args.teacher, threads=args.threads)  # fail fast, before binding
+    # fail fast, before binding the port: a model or teacher that cannot run is one line
+    Engine(args.model, teacher=args.teacher, threads=args.threads).check_teacher()
     cfg = ServerConfig(api=args.api, model=args.model, teacher=args.teacher, threads=args.threads,
                        max_side=args.max_side,
                        data_dir=args.data_dir, video_root=args.video_root,

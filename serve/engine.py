@@ -227,6 +227,15 @@ class Engine:
             return f"stream-pose-{self.teacher_name}"
         return f"stream-pose-student:{self.crop_model.name}"
 
+    def check_teacher(self) -> None:
+        """Start and close one teacher, so that a teacher that cannot run here fails at start-up
+        (one clear error) rather than on the first request.
+
+        Raises:
+            labeler.base.TeacherUnavailableError: the teacher cannot run here.
+        """
+        self.new_teacher().close()
+
     def new_teacher(self) -> Teacher:
         """A fresh teacher instance (its own per-video state).
 
