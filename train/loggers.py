@@ -39,7 +39,7 @@ def wandb_logger(save_dir: str | Path, project: str = "stream-pose", **kwargs: A
     The key comes from the environment or from a `.env` file (found upwards from this package,
     i.e. the repository's; variables already set win). It never enters the config, so it stays
     out of Hydra's run folder, the checkpoint and the W&B config (PITFALLS.md, secrets); the
-    config W&B receives is `train.redact.redacted_config` (sent by `train.train`).
+    config W&B receives is `stream_pose.secrets.redacted_config` (sent by `train.train`).
     An offline run can be uploaded later with `wandb sync <save_dir>/wandb/offline-run-*`.
 
     The mode goes to `wandb.init(mode=...)` rather than through Lightning's `offline=True`,

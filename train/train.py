@@ -36,6 +36,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from labeler.base import TeacherUnavailableError
+from stream_pose.secrets import (
+    SecretInConfigError,
+    redacted_config,
+    refuse_argv,
+    refuse_config,
+    refuse_overrides,
+)
 from train.callbacks import (
     BufferTelemetry,
     CheckpointOnException,
@@ -46,9 +53,7 @@ from train.callbacks import (
     usable_cores,
 )
 from train.panels import SkeletonPanels
-from train.redact import redacted_config
 from train.throughput import StudentThroughput
-from video_sources.pexels import configured_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +61,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 MONITOR = "val/mpjpe_mm"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
-KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
-
-
-class SecretInConfigError(ValueError):
-    """An API key in the config or a command-line override, where Hydra would save it."""
+EXIT_USAGE = 2  # a command line refused before it ran (the status argparse uses)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -104,8 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The summary dict (see `run_summary`).
 
     Raises:
-        SecretInConfigError: an `api_key` in `cfg` or the key in a Hydra override, before
-            anything is written.
+        SecretInConfigError: a secret in `cfg` or in a Hydra override (see `refuse_keys`),
+            before anything is written.
         CheckpointNotFoundError: `cfg.ckpt_path` is not a file, before anything is written.
         TrainingInterrupted: on Ctrl-C, after the checkpoint and the summary were written.
         ValueError: a DDP strategy that re-runs the command line, outside the Hydra CLI.
@@ -255,52 +256,15 @@ def run_summary(
 
 
 def refuse_keys(cfg: DictConfig, overrides: list[str]) -> None:
-    """Refuse an API key in the config or in command-line overrides (PITFALLS.md, Secrets).
-
-    Hydra saves the config and `overrides.yaml` in the run folder, and loggers record both, so
-    a key must come from the environment only. Refused: any config field named `api_key`; an
-    override whose key path ends with `api_key`; an override that contains the value of
-    PEXELS_API_KEY (environment or .env). Messages name the path, never the value.
+    """Refuse a secret in the config or in Hydra overrides (`stream_pose.secrets`, the one
+    policy): a secret-named field with a value, an override naming a secret field or carrying
+    the value of a secret environment variable. Messages name the setting, never the value.
 
     Raises:
         SecretInConfigError: one of the above.
     """
-    paths = _api_key_paths(OmegaConf.to_container(cfg, resolve=False), "")
-    if paths:
-        raise SecretInConfigError(f"config field {paths[0]}: {KEY_REFUSED}")
-    refuse_key_overrides(overrides)
-
-
-def refuse_key_overrides(overrides: list[str]) -> None:
-    """Refuse Hydra overrides (`key=value` strings) that carry the Pexels key; see `refuse_keys`.
-
-    Raises:
-        SecretInConfigError: an override whose path ends with `api_key` or that contains the
-            PEXELS_API_KEY value.
-    """
-    secret = configured_api_key()
-    for override in overrides:
-        path = override.split("=", 1)[0].lstrip("+~")
-        if path.endswith("api_key") or (secret and secret in override):
-            shown = "an override" if secret and secret in path else f"override of {path!r}"
-            raise SecretInConfigError(f"{shown}: {KEY_REFUSED}")
-
-
-def _api_key_paths(node: Any, prefix: str) -> list[str]:
-    """Dotted paths of every `api_key` field in a plain (unresolved) config container."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return []
-    paths = []
-    for key, value in items:
-        path = f"{prefix}{key}"
-        if key == "api_key":
-            paths.append(path)
-        paths += _api_key_paths(value, path + ".")
-    return paths
+    refuse_config(cfg)
+    refuse_overrides(overrides)
 
 
 def _hydra_overrides() -> list[str]:
@@ -411,13 +375,14 @@ def _finish(loggers: list[Logger]) -> None:
 def main() -> None:
     """CLI: `python -m train.train` / `stream-pose-train` with Hydra overrides.
 
-    Overrides carrying the Pexels key are refused here, before Hydra writes the run folder's
-    `.hydra/overrides.yaml` (see `refuse_key_overrides`).
+    Arguments carrying a secret are refused here, before Hydra writes the run folder's
+    `.hydra/` files (`stream_pose.secrets.refuse_argv`): exit status 2, nothing written.
     """
     try:
-        refuse_key_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+        refuse_argv(sys.argv[1:])
     except SecretInConfigError as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     _hydra_main()
 
 
