@@ -31,6 +31,7 @@ from labeler.comotion import DEVICES as COMOTION_DEVICES
 from stream_pose.secrets import SecretInConfigError, redact_text, refuse_argv
 from stream_pose.types import Frame
 from video_sources.base import VideoSource
+from video_sources.http import DEFAULT_TIME_LIMIT_S
 from video_sources.local import LocalSource
 
 logger = logging.getLogger("stream_pose.pipeline")
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameskip", type=int, default=1, help="label every n-th frame")
     p.add_argument("--max-side", type=int, default=None,
                    help="downscale frames so the longer side is at most this (pixels)")
+    p.add_argument("--download-time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
+                   metavar="S", help="limit on each whole URL download, seconds; a slower one "
+                                     "is skipped (default: %(default)s)")
     p.add_argument("--crop-size", type=int, default=256, help="crop side S (pixels)")
     p.add_argument("--capacity", type=int, default=4096, help="ring buffer slots")
     p.add_argument("--json", action="store_true",
@@ -188,7 +192,8 @@ def local_source(args: argparse.Namespace) -> LocalSource:
         FileNotFoundError, ValueError: no video found at the given paths.
     """
     return LocalSource(args.video, split="all", frameskip=args.frameskip,
-                       max_frames=args.max_frames, max_side=args.max_side, loop=False)
+                       max_frames=args.max_frames, max_side=args.max_side, loop=False,
+                       time_limit_s=args.download_time_limit)
 
 
 def pexels_source(args: argparse.Namespace) -> VideoSource:

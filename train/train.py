@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -35,6 +37,8 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from data.datamodule import EmptyValidationSetError
+from data.shared import SharedMemoryTooSmallError
 from labeler.base import TeacherUnavailableError
 from stream_pose.secrets import (
     SecretInConfigError,
@@ -54,6 +58,7 @@ from train.callbacks import (
 )
 from train.panels import SkeletonPanels
 from train.throughput import StudentThroughput
+from video_sources.pexels import PexelsKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +70,23 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped
 EXIT_USAGE = 2  # a command line refused before it ran (the status argparse uses)
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work, found before labelling; the message names it and the fix."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped `fit`; the message names the checkpoint saved (if any) and how to resume."""
 
 
 class CheckpointNotFoundError(FileNotFoundError):
     """`ckpt_path` names no file."""
+
+
+# Set-up problems the CLI reports in one or two lines, without a traceback (HYDRA_FULL_ERROR=1
+# shows it): each message names the setting and the fix.
+USER_ERRORS = (ConfigError, SecretInConfigError, CheckpointNotFoundError, TeacherUnavailableError,
+               EmptyValidationSetError, SharedMemoryTooSmallError, PexelsKeyError,
+               InstantiationException)
 
 
 # `${repo_root:}` in the configs: paths there mean the same from any working directory.
@@ -107,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         SecretInConfigError: a secret in `cfg` or in a Hydra override (see `refuse_keys`),
             before anything is written.
+        ConfigError: a setting that cannot work (see `preflight`), before any labelling.
         CheckpointNotFoundError: `cfg.ckpt_path` is not a file, before anything is written.
         TrainingInterrupted: on Ctrl-C, after the checkpoint and the summary were written.
         ValueError: a DDP strategy that re-runs the command line, outside the Hydra CLI.
@@ -145,6 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
     _check_launch(trainer)
+    preflight(cfg, datamodule, rank=trainer.global_rank, world_size=trainer.world_size)
     set_torch_threads(cfg.get("torch_threads"), ranks=trainer.world_size,
                       producers=max(1, datamodule.producer_settings.workers))
 
@@ -225,7 +243,9 @@ def run_summary(
     (steps x batch size), reads_per_sample (buffer reuse), teacher, teacher_fps, train_videos
     (seen by the producer), val_videos, `val/mpjpe_mm` (last validation), best_val_mpjpe_mm,
     `val/pa_mpjpe_mm`, `val/mean_pose_mpjpe_mm`, mpjpe_vs_mean_pose (< 1: better than always
-    predicting the mean training pose), wall_time_s, best_checkpoint (relative to the run folder).
+    predicting the mean training pose), wall_time_s, best_checkpoint (relative to the run folder),
+    producer_restarts and producer_stalls (producer processes restarted; of them, for making no
+    progress), skipped_videos (`[video, reason]` for each video skipped, validation included).
     Errors are in millimetres; a value that was never measured is None.
     """
     metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
@@ -250,6 +270,9 @@ def run_summary(
         "val/mean_pose_mpjpe_mm": mean_pose,
         "mpjpe_vs_mean_pose": None if mpjpe is None or not mean_pose else mpjpe / mean_pose,
         "wall_time_s": round(wall_time_s, 1),
+        "producer_restarts": int(getattr(datamodule, "producer_restarts", 0)),
+        "producer_stalls": int(getattr(datamodule, "producer_stalls", 0)),
+        "skipped_videos": [list(x) for x in getattr(datamodule, "skipped_videos", [])],
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         "last_checkpoint": LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else None,
     }
@@ -338,11 +361,48 @@ def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException) -> st
 
 
 def _check_schedule(trainer_cfg: DictConfig) -> None:
-    """Warn when the last step is not a validation step: the summary would report stale metrics."""
+    """Refuse a run without steps; warn when the last step is not a validation step (the
+    summary would report stale metrics).
+
+    Raises:
+        ConfigError: `max_steps` < 1 (the stream has no epochs: -1, "until the data ends",
+            never ends) or a `val_check_interval` that is not a positive number.
+    """
     steps, every = trainer_cfg.get("max_steps"), trainer_cfg.get("val_check_interval")
-    if isinstance(every, int) and steps and steps > 0 and steps % every:
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"trainer.max_steps={steps}: a run needs at least one step (the "
+                          "stream has no epochs); e.g. trainer.max_steps=1000")
+    if isinstance(every, (int, float)) and every <= 0:
+        raise ConfigError(f"trainer.val_check_interval={every}: must be > 0 (steps between "
+                          "validations); e.g. trainer.val_check_interval=100")
+    if isinstance(every, int) and steps % every:
         logger.warning("max_steps %d is not a multiple of val_check_interval %d: the final "
                        "val metrics are from step %d", steps, every, steps - steps % every)
+
+
+def preflight(cfg: DictConfig, datamodule: Any, *, rank: int = 0, world_size: int = 1) -> None:
+    """The checks that need no labelling, run before any (`StreamDataModule.check`): source
+    paths and validation ids exist, every producer has a shard, /dev/shm holds the buffer.
+
+    Raises:
+        ConfigError: naming the setting and the fix (the cause chained).
+    """
+    check = getattr(datamodule, "check", None)
+    if check is None:  # another datamodule: it checks when it starts
+        return
+    try:
+        check(rank=rank, world_size=world_size)
+    except SharedMemoryTooSmallError as exc:
+        raise ConfigError(f"buffer.capacity={cfg.buffer.get('capacity')}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"source.paths: {exc}") from exc
+    except (ValueError, PexelsKeyError) as exc:
+        raise ConfigError(f"source ({_source_name(cfg)}): {exc}") from exc
+
+
+def _source_name(cfg: DictConfig) -> str:
+    """The source's class name, for messages."""
+    return str(cfg.source.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def _teacher_name(labeler_cfg: DictConfig) -> str:
@@ -394,10 +454,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
     try:
         s = train(cfg)
-    except TeacherUnavailableError as exc:  # a set-up problem, not a bug: no traceback
-        sys.exit(f"error: the teacher cannot run here: {exc}")
-    except CheckpointNotFoundError as exc:
-        sys.exit(f"error: {exc}")
+    except USER_ERRORS as exc:  # a set-up problem, not a bug: no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {_user_error_text(exc)}")
     except KeyboardInterrupt as exc:  # TrainingInterrupted, or Ctrl-C before fit
         if rank_zero_only.rank != 0:
             # Lightning's DDP launcher kills every rank once one exits non-zero: rank 0 reports.
@@ -412,6 +472,17 @@ def _hydra_main(cfg: DictConfig) -> None:
         f"mean pose {_mm(s['val/mean_pose_mpjpe_mm'])}), ratio {s['mpjpe_vs_mean_pose'] or 0:.2f}, "
         f"{s['wall_time_s']:.0f} s; run: {cfg.paths.output_dir}"
     )
+
+
+def _user_error_text(exc: BaseException) -> str:
+    """One or two lines for a user error (`USER_ERRORS`)."""
+    if isinstance(exc, TeacherUnavailableError):
+        return f"the teacher cannot run here: {exc}"
+    if isinstance(exc, InstantiationException):  # a class refused its settings
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        where = re.search(r"full_key: (\S+)", str(exc))
+        return f"{where.group(1) if where else 'config'}: {cause}"
+    return str(exc)
 
 
 def _mm(x: float | None) -> str:
