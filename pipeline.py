@@ -204,11 +204,12 @@ def pexels_source(args: argparse.Namespace) -> VideoSource:
     """
     from video_sources.pexels import PexelsSource  # only a fetch needs the Pexels client
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    return PexelsSource(args.queries, n=args.n, loop=args.loop, split="all",
-                        manifest_path=args.run_dir / "pexels_manifest.jsonl",
-                        api_base=args.api_base, frameskip=args.frameskip,
-                        max_frames=args.max_frames, max_side=args.max_side)
+    source = PexelsSource(args.queries, n=args.n, loop=args.loop, split="all",
+                          manifest_path=args.run_dir / "pexels_manifest.jsonl",
+                          api_base=args.api_base, frameskip=args.frameskip,
+                          max_frames=args.max_frames, max_side=args.max_side)
+    args.run_dir.mkdir(parents=True, exist_ok=True)  # once the key is known to be there
+    return source
 
 
 def make_teacher(args: argparse.Namespace):
@@ -284,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(report)
     if args.json:
         print(json.dumps(report))
+    if report["total"]["frames"] == 0 and report["videos_skipped"]:
+        print(f"pipeline.py: no video could be read: {len(report['videos_skipped'])} skipped "
+              "(reasons above)", file=sys.stderr)
+        return 1
     return 0
 
 

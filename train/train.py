@@ -38,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from data.datamodule import EmptyValidationSetError
-from data.shared import SharedMemoryTooSmallError
+from data.shared import SharedMemoryTooSmallError, remove_stale_segments
 from labeler.base import TeacherUnavailableError
 from stream_pose.secrets import (
     SecretInConfigError,
@@ -68,6 +68,8 @@ MONITOR = "val/mpjpe_mm"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 EXIT_USAGE = 2  # a command line refused before it ran (the status argparse uses)
+# OneCycleLR divides by its warm-up's length in steps less one: 2 steps make that 0.
+ONE_CYCLE_MIN_STEPS = 3
 
 
 class ConfigError(ValueError):
@@ -130,12 +132,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     refuse_keys(cfg, _hydra_overrides())
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
+    remove_stale_segments()  # /dev/shm left by killed runs (also done on creating a buffer)
     run_dir = Path(cfg.paths.output_dir).resolve()  # ModelCheckpoint keeps a realpath too
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    _check_schedule(cfg.trainer)
+    _check_schedule(cfg.trainer, cfg.get("model", {}).get("scheduler"))
 
     datamodule = instantiate(cfg.buffer, source=instantiate(cfg.source),
                              teacher=instantiate(cfg.labeler),
@@ -360,18 +363,23 @@ def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException) -> st
     return f"interrupted at step {trainer.global_step}: {where}"
 
 
-def _check_schedule(trainer_cfg: DictConfig) -> None:
+def _check_schedule(trainer_cfg: DictConfig, scheduler_cfg: DictConfig | None = None) -> None:
     """Refuse a run without steps; warn when the last step is not a validation step (the
     summary would report stale metrics).
 
     Raises:
         ConfigError: `max_steps` < 1 (the stream has no epochs: -1, "until the data ends",
-            never ends) or a `val_check_interval` that is not a positive number.
+            never ends), < `ONE_CYCLE_MIN_STEPS` with the one-cycle LR schedule, or a
+            `val_check_interval` that is not a positive number.
     """
     steps, every = trainer_cfg.get("max_steps"), trainer_cfg.get("val_check_interval")
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"trainer.max_steps={steps}: a run needs at least one step (the "
                           "stream has no epochs); e.g. trainer.max_steps=1000")
+    target = "" if scheduler_cfg is None else str(scheduler_cfg.get("_target_", ""))
+    if target.endswith("OneCycleLR") and steps < ONE_CYCLE_MIN_STEPS:
+        raise ConfigError(f"trainer.max_steps={steps}: the one-cycle LR schedule "
+                          f"(model.scheduler) needs at least {ONE_CYCLE_MIN_STEPS} steps")
     if isinstance(every, (int, float)) and every <= 0:
         raise ConfigError(f"trainer.val_check_interval={every}: must be > 0 (steps between "
                           "validations); e.g. trainer.val_check_interval=100")

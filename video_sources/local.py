@@ -314,8 +314,8 @@ def _hash_val_ids(ids: list[str], fraction: float,
     usable = usable or (lambda video_id: True)
     ranked = sorted(ids, key=_unit_hash)
     val = {i for i in ranked if is_val_id(i, fraction) and _usable_or_say(i, usable)}
-    if len(ids) >= 2 and not val:
-        val = set(next(([i] for i in ranked[:-1] if i not in val and usable(i)), ranked[:1]))
+    if len(ids) >= 2 and not val:  # the others stay in train, the unusable ones included
+        val = {next((i for i in ranked if usable(i)), ranked[0])}
     if len(ids) >= 2 and len(val) == len(ids):
         val.discard(ranked[-1])
     return val
