@@ -29,7 +29,7 @@ from data.workers import ProducerPool, ProducerSettings
 from labeler.oracle import OracleTeacher
 from proctools import session_pids
 from shared_paths import REPO, VIDEOS
-from trickle_server import TrickleServer
+from trickle_server import FakeWandb, TrickleServer
 from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
 from video_sources.local import LocalSource, _unit_hash
 
@@ -152,6 +152,75 @@ def test_argparse_errors_are_redacted(monkeypatch, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice" in err and KEY not in err and "***" in err
+
+
+# --- 4. W&B without network, or with a key it refuses ------------------------------------------
+
+WANDB_DIRS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR",
+              "WANDB_ARTIFACT_DIR")
+
+
+@pytest.fixture
+def wandb_key(monkeypatch, tmp_path):
+    """A 40-character key in the environment, wandb's folders in tmp, no local .env."""
+    monkeypatch.setattr("train.loggers.load_dotenv", lambda **kw: False)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for var in WANDB_DIRS:
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    return KEY
+
+
+@pytest.mark.parametrize("status, why", [(None, "not reachable within 1 s"),
+                                         (401, "refused the WANDB_API_KEY (HTTP 401)")])
+def test_wandb_logs_offline_when_it_cannot_go_online(wandb_key, monkeypatch, tmp_path, caplog,
+                                                     status, why):
+    from train.loggers import wandb_logger
+
+    with FakeWandb(status) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        start = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="train.loggers"):
+            lg = wandb_logger(tmp_path, reach_timeout_s=1.0)
+        took = time.monotonic() - start
+    assert lg._wandb_init["mode"] == "offline" and took < 3  # before: a hang, or a traceback
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert why in line and "logging offline" in line and KEY not in caplog.text
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"
+
+
+def test_wandb_goes_online_when_its_server_accepts_the_key(wandb_key, monkeypatch, tmp_path):
+    from train.loggers import wandb_logger
+
+    with FakeWandb(200) as server:
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        assert wandb_logger(tmp_path, reach_timeout_s=2.0)._wandb_init["mode"] == "online"
+
+
+def test_a_refused_wandb_key_stops_the_run_in_one_line_when_configured(tmp_path):
+    with FakeWandb(401) as server:
+        env = {**ENV, "WANDB_API_KEY": KEY, "WANDB_BASE_URL": server.url,
+               **{var: str(tmp_path / "wandb_home") for var in WANDB_DIRS}}
+        proc, took = _run(f"hydra.run.dir={tmp_path / 'run'}", *TINY_RUN, "logger=wandb",
+                          "logger.on_auth_failure=stop", env=env, timeout=120)
+    assert proc.returncode == 1 and took < 60
+    (line,) = _error_lines(proc)
+    assert "refused the WANDB_API_KEY (HTTP 401)" in line and "logger.on_auth_failure" in line
+    assert KEY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_without_network_logs_offline_and_completes(tmp_path):
+    with FakeWandb(None) as server:  # accepts connections, never answers
+        env = {**ENV, "WANDB_API_KEY": KEY, "WANDB_BASE_URL": server.url,
+               **{var: str(tmp_path / "wandb_home") for var in WANDB_DIRS}}
+        proc, took = _run(f"hydra.run.dir={tmp_path / 'run'}", *TINY_RUN, "logger=wandb",
+                          "logger.reach_timeout_s=2", env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert "not reachable within 2 s: logging offline" in proc.stdout + proc.stderr
+    assert took < 120  # before: no output for minutes
 
 
 # --- 5. shared memory left by a killed process group -------------------------------------------

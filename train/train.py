@@ -56,6 +56,7 @@ from train.callbacks import (
     stream_telemetry,
     usable_cores,
 )
+from train.loggers import WandbKeyError
 from train.panels import SkeletonPanels
 from train.throughput import StudentThroughput
 from video_sources.pexels import PexelsKeyError
@@ -88,7 +89,7 @@ class CheckpointNotFoundError(FileNotFoundError):
 # shows it): each message names the setting and the fix.
 USER_ERRORS = (ConfigError, SecretInConfigError, CheckpointNotFoundError, TeacherUnavailableError,
                EmptyValidationSetError, SharedMemoryTooSmallError, PexelsKeyError,
-               InstantiationException)
+               WandbKeyError, InstantiationException)
 
 
 # `${repo_root:}` in the configs: paths there mean the same from any working directory.
@@ -488,6 +489,8 @@ def _user_error_text(exc: BaseException) -> str:
         return f"the teacher cannot run here: {exc}"
     if isinstance(exc, InstantiationException):  # a class refused its settings
         cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(cause, USER_ERRORS) and cause is not exc:
+            return _user_error_text(cause)
         where = re.search(r"full_key: (\S+)", str(exc))
         return f"{where.group(1) if where else 'config'}: {cause}"
     return str(exc)
