@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 import requests
 import videotools
-
 from conftest import TINY_RUN
+from proctools import session_pids
+from shared_paths import REPO, VIDEOS
+from trickle_server import FakeWandb, TrickleServer
+
 from data.ring_buffer import RingBuffer
 from data.shared import SEGMENT_PREFIX, SHM_DIR, remove_stale_segments
 from data.workers import ProducerPool, ProducerSettings
 from labeler.oracle import OracleTeacher
-from proctools import session_pids
-from shared_paths import REPO, VIDEOS
-from trickle_server import FakeWandb, TrickleServer
 from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
 from video_sources.local import LocalSource, _unit_hash
 
@@ -44,7 +44,7 @@ def _run(*args: str, timeout: float = 300, env: dict | None = None,
     start = time.monotonic()
     command = [sys.executable, *(["-m", module] if module else []), *args]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=env or ENV)
+                          env=env or ENV, check=False)
     return proc, time.monotonic() - start
 
 
@@ -283,7 +283,7 @@ USER_ERRORS = {
     "missing path": (["source=local", "source.paths=[/nonexistent]"], "source.paths"),
     "unknown val id": (["source=local", "source.val_videos=[nosuchclip]"], "val_videos"),
     "no steps": (["trainer.max_steps=0"], "trainer.max_steps"),
-    "too few steps for the LR schedule": (["trainer.max_steps=2"], "trainer.max_steps"),
+    "a warm-up of 0 steps": (["trainer.max_steps=2"], "trainer.max_steps"),
     "no shared memory": (["buffer.capacity=100000000"], "buffer.capacity"),
     "more producers than videos": (["source=local", "source.val_videos=[street_short]",
                                     "producer.workers=6"], "producer.workers"),
@@ -378,4 +378,4 @@ def test_three_producers_share_four_videos():
     assert len(ids) == 4
     shards = [LocalSource(VIDEOS, split="train", val_videos=["street_short"], shard=k,
                           num_shards=3).video_ids() for k in range(3)]
-    assert all(shards) and sorted(sum(shards, [])) == sorted(ids)  # before: an empty shard
+    assert all(shards) and sorted(i for s in shards for i in s) == sorted(ids)  # before: empty

@@ -16,12 +16,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from shared_paths import CONF_DIR, REPO
 
+from stream_pose.secrets import MASK, is_secret_name, redacted_config, secret_values
 from stream_pose.skeleton import NUM_JOINTS
 from train import throughput
 from train.loggers import wandb_logger, wandb_mode
 from train.panels import KEY as PANELS_KEY
 from train.panels import SkeletonPanels, skeleton_panels
-from stream_pose.secrets import MASK, is_secret_name, redacted_config, secret_values
 from train.throughput import StudentThroughput
 from train.train import train
 

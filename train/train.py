@@ -69,8 +69,6 @@ MONITOR = "val/mpjpe_mm"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 EXIT_USAGE = 2  # a command line refused before it ran (the status argparse uses)
-# OneCycleLR divides by its warm-up's length in steps less one: 2 steps make that 0.
-ONE_CYCLE_MIN_STEPS = 3
 
 
 class ConfigError(ValueError):
@@ -370,17 +368,20 @@ def _check_schedule(trainer_cfg: DictConfig, scheduler_cfg: DictConfig | None = 
 
     Raises:
         ConfigError: `max_steps` < 1 (the stream has no epochs: -1, "until the data ends",
-            never ends), < `ONE_CYCLE_MIN_STEPS` with the one-cycle LR schedule, or a
-            `val_check_interval` that is not a positive number.
+            never ends), a one-cycle LR schedule with a phase 0 steps long (OneCycleLR would
+            divide by zero), or a `val_check_interval` that is not a positive number.
     """
     steps, every = trainer_cfg.get("max_steps"), trainer_cfg.get("val_check_interval")
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"trainer.max_steps={steps}: a run needs at least one step (the "
                           "stream has no epochs); e.g. trainer.max_steps=1000")
     target = "" if scheduler_cfg is None else str(scheduler_cfg.get("_target_", ""))
-    if target.endswith("OneCycleLR") and steps < ONE_CYCLE_MIN_STEPS:
-        raise ConfigError(f"trainer.max_steps={steps}: the one-cycle LR schedule "
-                          f"(model.scheduler) needs at least {ONE_CYCLE_MIN_STEPS} steps")
+    if target.endswith("OneCycleLR"):
+        pct = float(scheduler_cfg.get("pct_start", 0.3))
+        if abs(pct * steps - 1) < 1e-9 or pct >= 1:  # a phase 0 steps long: OneCycleLR / 0
+            raise ConfigError(f"trainer.max_steps={steps}: the one-cycle LR schedule's warm-up "
+                              f"(model.scheduler.pct_start={pct:g}) would last 0 steps; use "
+                              "another max_steps (e.g. 3 or more)")
     if isinstance(every, (int, float)) and every <= 0:
         raise ConfigError(f"trainer.val_check_interval={every}: must be > 0 (steps between "
                           "validations); e.g. trainer.val_check_interval=100")
