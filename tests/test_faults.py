@@ -379,3 +379,21 @@ def test_three_producers_share_four_videos():
     shards = [LocalSource(VIDEOS, split="train", val_videos=["street_short"], shard=k,
                           num_shards=3).video_ids() for k in range(3)]
     assert all(shards) and sorted(i for s in shards for i in s) == sorted(ids)  # before: empty
+
+
+@needs_videos
+def test_skipped_videos_reach_the_run_summary(tmp_path):
+    from test_datamodule import FakeTeacher
+
+    from data.datamodule import StreamDataModule
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    source = functools.partial(LocalSource, [bad, GOOD], val_videos=["broken", "street_short"],
+                               max_frames=2, max_side=64)
+    dm = StreamDataModule(source, FakeTeacher, capacity=64, crop_size=32, batch_size=8,
+                          min_samples=8, val_max_samples=8)
+    dm.setup("fit")
+    ((uri, reason),) = dm.skipped_videos  # summary.json's `skipped_videos` (train.run_summary)
+    assert uri == str(bad) and "after 0 decoded frames" in reason
+    assert dm.val_video_ids == ["street_short"]
