@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -28,16 +28,28 @@ from data.producer import LabelStats, ProducerStats, label_stream
 from data.ring_buffer import RingBuffer
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from labeler.comotion import DEVICES as COMOTION_DEVICES
+from stream_pose.secrets import SecretInConfigError, redact_text, refuse_argv
 from stream_pose.types import Frame
 from video_sources.base import VideoSource
+from video_sources.http import DEFAULT_TIME_LIMIT_S
 from video_sources.local import LocalSource
 
 logger = logging.getLogger("stream_pose.pipeline")
 
+EXIT_USAGE = 2  # a command line refused (argparse's status)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose error messages never echo a secret value (`redact_text`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {redact_text(message)}\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `pipeline.py` (see the module docstring)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pipeline.py",
         description="Label video in memory with a teacher model and fill the ring buffer.",
         epilog="Examples:\n"
@@ -60,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameskip", type=int, default=1, help="label every n-th frame")
     p.add_argument("--max-side", type=int, default=None,
                    help="downscale frames so the longer side is at most this (pixels)")
+    p.add_argument("--download-time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
+                   metavar="S", help="limit on each whole URL download, seconds; a slower one "
+                                     "is skipped (default: %(default)s)")
     p.add_argument("--crop-size", type=int, default=256, help="crop side S (pixels)")
     p.add_argument("--capacity", type=int, default=4096, help="ring buffer slots")
     p.add_argument("--json", action="store_true",
@@ -177,7 +192,8 @@ def local_source(args: argparse.Namespace) -> LocalSource:
         FileNotFoundError, ValueError: no video found at the given paths.
     """
     return LocalSource(args.video, split="all", frameskip=args.frameskip,
-                       max_frames=args.max_frames, max_side=args.max_side, loop=False)
+                       max_frames=args.max_frames, max_side=args.max_side, loop=False,
+                       time_limit_s=args.download_time_limit)
 
 
 def pexels_source(args: argparse.Namespace) -> VideoSource:
@@ -188,11 +204,12 @@ def pexels_source(args: argparse.Namespace) -> VideoSource:
     """
     from video_sources.pexels import PexelsSource  # only a fetch needs the Pexels client
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    return PexelsSource(args.queries, n=args.n, loop=args.loop, split="all",
-                        manifest_path=args.run_dir / "pexels_manifest.jsonl",
-                        api_base=args.api_base, frameskip=args.frameskip,
-                        max_frames=args.max_frames, max_side=args.max_side)
+    source = PexelsSource(args.queries, n=args.n, loop=args.loop, split="all",
+                          manifest_path=args.run_dir / "pexels_manifest.jsonl",
+                          api_base=args.api_base, frameskip=args.frameskip,
+                          max_frames=args.max_frames, max_side=args.max_side)
+    args.run_dir.mkdir(parents=True, exist_ok=True)  # once the key is known to be there
+    return source
 
 
 def make_teacher(args: argparse.Namespace):
@@ -247,22 +264,14 @@ def label(source: VideoSource, args: argparse.Namespace) -> dict:
     return report
 
 
-def _carries_key(argv: Sequence[str]) -> bool:
-    """True if an argument contains the configured Pexels key or names an api key option."""
-    from video_sources.pexels import configured_api_key
-
-    key = configured_api_key()
-    return any((key and key in a) or a.lstrip("-").replace("_", "-").startswith("api-key")
-               for a in argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (console script `stream-pose-label`); returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if _carries_key(argv):  # checked before argparse, whose errors would echo it
-        print("pipeline.py: pass the key through PEXELS_API_KEY or .env, never on the command "
-              "line", file=sys.stderr)
-        return 2
+    try:
+        refuse_argv(argv)  # before argparse, whose errors would echo it
+    except SecretInConfigError as exc:
+        print(f"pipeline.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -276,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_report(report)
     if args.json:
         print(json.dumps(report))
+    if report["total"]["frames"] == 0 and report["videos_skipped"]:
+        print(f"pipeline.py: no video could be read: {len(report['videos_skipped'])} skipped "
+              "(reasons above)", file=sys.stderr)
+        return 1
     return 0
 
 

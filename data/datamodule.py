@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from data.dataset import BufferDataset, FrozenDataset
 from data.producer import Producer, ProducerFailedError, ProducerStats, label_stream
-from data.ring_buffer import BufferStarvedError, RingBuffer
+from data.ring_buffer import BufferStarvedError, RingBuffer, buffer_layout
+from data.shared import check_free_space, layout_nbytes
 from data.storage import make_storage
 from data.workers import ProducerPool, ProducerSettings, shard_kwargs, worker_shard
 from labeler.base import Teacher
@@ -109,7 +110,8 @@ class StreamDataModule(L.LightningDataModule):
         if min(capacity, crop_size, batch_size, min_samples, val_max_samples) <= 0:
             raise ValueError("capacity, crop_size, batch_size, min_samples, val_max_samples > 0")
         if min_samples > capacity:
-            raise ValueError(f"min_samples {min_samples} > capacity {capacity}")
+            raise ValueError(f"min_samples {min_samples} > capacity {capacity}: lower "
+                             "buffer.min_samples or raise buffer.capacity")
         if loader_workers < 0:
             raise ValueError(f"loader_workers must be >= 0, got {loader_workers}")
         self._source_factory, self._teacher_factory = source, teacher
@@ -130,7 +132,33 @@ class StreamDataModule(L.LightningDataModule):
         self._train_dataset: BufferDataset | None = None
         self._val_set: dict[str, np.ndarray] | None = None
         self._val_video_ids: list[str] = []
+        self._val_skipped: list[tuple[str, str]] = []  # videos the val pass skipped
         self._used_before: dict[str, list[str]] = {}  # restored by load_state_dict
+
+    def check(self, rank: int = 0, world_size: int = 1) -> None:
+        """Check the settings that need no labelling, in seconds, before any labelling starts.
+
+        Builds (and closes, unread) the validation source and the training source of each of
+        this rank's producers, which checks their paths, validation ids, options and that no
+        shard is empty; and checks that /dev/shm can hold a shared training buffer.
+
+        Args:
+            rank, world_size: this trainer's place among DDP ranks.
+
+        Raises:
+            Whatever the source factory raises for bad settings (FileNotFoundError for a
+            missing path, ValueError for unknown val ids, an empty shard or a bad option, a
+            missing API key); data.shared.SharedMemoryTooSmallError.
+        """
+        self._source_factory(split="val", loop=False).close()
+        workers = max(self.producer_settings.workers, 1)
+        for worker in range(workers):
+            shard, num_shards = worker_shard(rank, worker, workers, world_size)
+            self._source_factory(split="train", **shard_kwargs(shard, num_shards)).close()
+        if self.producer_settings.workers > 0 or self.loader_workers > 0:
+            store = make_storage(crop_size=self.crop_size, **self.storage_options)
+            nbytes = layout_nbytes(buffer_layout(self.capacity, self.crop_size, store))
+            check_free_space(nbytes, f"a ring buffer of capacity {self.capacity}")
 
     # Lightning hooks
 
@@ -268,6 +296,23 @@ class StreamDataModule(L.LightningDataModule):
         return getattr(self._producer, "restarts", 0)
 
     @property
+    def producer_stalls(self) -> int:
+        """Producer processes killed for making no progress (0 for a thread, or before setup)."""
+        return getattr(self._producer, "stalls", 0)
+
+    @property
+    def skipped_videos(self) -> list[tuple[str, str]]:
+        """`(video, reason)` of every video skipped so far, validation and training: unreadable
+        ones (the sources') and those the teacher failed on (the producers')."""
+        out = list(self._val_skipped)
+        stats = self.producer_stats
+        if stats is not None:
+            src = stats.source_stats
+            out += [] if src is None else [tuple(x) for x in src.skipped]
+            out += [(v, "the teacher failed on its first frames") for v in stats.skipped_videos]
+        return list(dict.fromkeys(out))
+
+    @property
     def labelling_finished(self) -> bool:
         """True once the producers ended cleanly because their finite stream ran out
         (`source.loop=false`): no more samples will come, and their cores are free."""
@@ -309,6 +354,9 @@ class StreamDataModule(L.LightningDataModule):
             stats = label_stream(
                 source, teacher, buffer, self.crop_size, max_samples=self.val_max_samples
             )
+        src = stats.source_stats
+        self._val_skipped = ([] if src is None else [tuple(x) for x in src.skipped]) + [
+            (v, "the teacher failed on its first frames") for v in stats.skipped_videos]
         if len(buffer) == 0:
             raise EmptyValidationSetError(_empty_val_message(stats))
         self._val_set = buffer.snapshot()

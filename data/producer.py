@@ -108,6 +108,8 @@ class ProducerStats:
         skipped_videos: ids of videos skipped because the teacher failed on all their first frames.
         source_stats: the source's own counters (decoded, skipped videos), when it has them.
         last_error: text of the last teacher error, if any.
+        paused: True while the producer waits for the trainer to read (`reads_per_overwrite`):
+            no frames then, and no stall either.
     """
 
     total: LabelStats = field(default_factory=LabelStats)
@@ -115,6 +117,7 @@ class ProducerStats:
     skipped_videos: list[str] = field(default_factory=list)
     source_stats: SourceStats | None = None
     last_error: str | None = None
+    paused: bool = False
 
     def copy(self) -> ProducerStats:
         """A copy that later updates from the labelling thread do not change."""
@@ -128,6 +131,7 @@ class ProducerStats:
             skipped_videos=list(self.skipped_videos),
             source_stats=src,
             last_error=self.last_error,
+            paused=self.paused,
         )
 
 
@@ -153,7 +157,8 @@ def _add_source_stats(a: SourceStats | None, b: SourceStats | None) -> SourceSta
         return a or b
     return SourceStats(videos_ok=a.videos_ok + b.videos_ok,
                        videos_skipped=a.videos_skipped + b.videos_skipped,
-                       frames=a.frames + b.frames, skipped=[*a.skipped, *b.skipped])
+                       frames=a.frames + b.frames, skipped=[*a.skipped, *b.skipped],
+                       current=b.current or a.current)
 
 
 class _VideoState:
@@ -238,7 +243,11 @@ def label_stream(
             if enough is not None and stats.total.samples_pushed >= enough:
                 break
             if reads_per_overwrite is not None:
-                stats.total.paused_s += buffer.wait_for_reads(reads_per_overwrite, stop)
+                stats.paused = True
+                try:
+                    stats.total.paused_s += buffer.wait_for_reads(reads_per_overwrite, stop)
+                finally:
+                    stats.paused = False
                 tick = time.perf_counter()
     _end_video(video)
     return stats

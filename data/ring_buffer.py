@@ -251,9 +251,11 @@ class RingBuffer:
         layout = buffer_layout(capacity, crop_size, store)
         if shared:
             what = f"a ring buffer of capacity {capacity} ({storage}, {crop_size} px crops)"
-            memory = SharedArrays.create(layout, what)
             # spawn: the start method producers use; its locks work under fork too.
             lock = multiprocessing.get_context("spawn").Lock()
+            # Its semaphore's name goes in the segment's header: a leftover segment (a killed
+            # process group) is removed with it (`data.shared.remove_stale_segments`).
+            memory = SharedArrays.create(layout, what, companions=(lock._semlock.name,))
         else:
             memory, lock = _LocalArrays(layout), threading.Lock()
         self._setup(int(capacity), int(crop_size), store, options, memory, lock, seed, writer=0)

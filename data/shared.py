@@ -7,14 +7,20 @@ picklable `SegmentHandle` and only unmap. If the owner itself dies by a signal (
 multiprocessing resource tracker, which the owner's registration left in charge, unlinks the
 segment once the owner and its children have exited.
 
-Segment names start with `SEGMENT_PREFIX` and the owner's pid (`stream_pose_<pid>_<hex>`), so
-tests and users can spot leftovers in /dev/shm.
+Segment names start with `SEGMENT_PREFIX` and the owner's pid (`stream_pose_<pid>_<hex>`). When
+the whole process group is killed (`kill -9 -- -<pgid>`, an OOM killer, `scancel`, `timeout -s
+KILL`), the resource tracker dies too and the segment stays, with the semaphore of the buffer's
+lock. So the first segment a process creates (and `train.train` at start-up) first removes
+leftovers: `remove_stale_segments` unlinks every `stream_pose_<pid>_*` segment whose pid is gone,
+and the semaphores named in its header (the first `HEADER_BYTES` of every segment hold the names
+of its companion semaphores), with one log line per segment.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -31,11 +37,14 @@ logger = logging.getLogger(__name__)
 SEGMENT_PREFIX = "stream_pose_"
 SHM_DIR = "/dev/shm"  # Linux tmpfs; macOS has none (and no way to ask for its free space)
 _ALIGN = 64  # bytes: every array starts on a cache line
+HEADER_BYTES = 64  # segment header: companion semaphore names, NUL-separated ASCII
+_SEGMENT_RE = re.compile(rf"{SEGMENT_PREFIX}(\d+)_[0-9a-f]+")
 
 # name -> (shape, dtype) of every array in a segment
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 _tracker_patch = threading.Lock()
+_swept = False  # this process has removed stale segments once (`SharedArrays.create`)
 
 
 class SharedMemoryTooSmallError(MemoryError):
@@ -107,15 +116,34 @@ class SharedArrays:
         self._finalizer = weakref.finalize(self, _release, shm, owner)
 
     @classmethod
-    def create(cls, layout: Layout, what: str = "shared arrays") -> SharedArrays:
+    def create(cls, layout: Layout, what: str = "shared arrays",
+               companions: tuple[str, ...] = ()) -> SharedArrays:
         """Create and zero a new segment for `layout`, owned by this process.
+
+        The first call in a process removes stale segments first (`remove_stale_segments`).
+
+        Args:
+            layout: name -> (shape, dtype) of each array.
+            what: what the segment holds, for messages.
+            companions: names of POSIX semaphores that live and die with the segment (a lock
+                of the buffer, `SemLock` names such as "/mp-abc123"): written in its header so
+                that a leftover segment's semaphores can be removed with it.
 
         Raises:
             SharedMemoryTooSmallError: /dev/shm lacks the space (see `check_free_space`).
+            ValueError: companion names too long for the header.
         """
+        global _swept
+        header = "\0".join(companions).encode("ascii")
+        if len(header) > HEADER_BYTES:
+            raise ValueError(f"companion names take {len(header)} bytes, over {HEADER_BYTES}")
+        if not _swept:
+            _swept = True
+            remove_stale_segments()
         nbytes = layout_nbytes(layout)
         check_free_space(nbytes, what)
         shm = SharedMemory(name=segment_name(), create=True, size=nbytes)
+        shm.buf[:len(header)] = header
         logger.debug("created shared memory %s: %d bytes for %s", shm.name, nbytes, what)
         return cls(shm, layout, owner=True)
 
@@ -179,11 +207,67 @@ def _attach_untracked(name: str) -> SharedMemory:
             resource_tracker.register = register
 
 
+def remove_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink the `stream_pose_<pid>_*` segments of `shm_dir` whose owner pid is gone, and the
+    semaphores their headers name; log one line per segment.
+
+    A segment whose owner lives (or whose pid this user may not signal: someone else's) is
+    left alone. Where there is no /dev/shm (macOS), nothing is done.
+
+    Returns:
+        The names of the segments removed.
+    """
+    if not os.path.isdir(shm_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(shm_dir)):
+        match = _SEGMENT_RE.fullmatch(name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        path = os.path.join(shm_dir, name)
+        try:
+            with open(path, "rb") as f:
+                header = f.read(HEADER_BYTES)
+            size = os.path.getsize(path)
+            os.unlink(path)
+        except OSError:  # removed meanwhile (another process swept it), or not ours
+            continue
+        sems = [n for n in header.rstrip(b"\0").decode("ascii", "replace").split("\0") if n]
+        gone = [n for n in sems if _unlink_semaphore(shm_dir, n)]
+        logger.warning("removed stale shared memory %s (%.1f MiB%s): its owner, pid %s, is gone",
+                       name, size / 2**20, f", semaphore {', '.join(gone)}" if gone else "",
+                       match.group(1))
+        removed.append(name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink_semaphore(shm_dir: str, name: str) -> bool:
+    """Remove POSIX semaphore `name` ("/mp-abc123": Linux keeps it as `sem.mp-abc123`)."""
+    if not re.fullmatch(r"/?[\w.-]+", name):  # a garbled header: touch nothing
+        return False
+    try:
+        os.unlink(os.path.join(shm_dir, "sem." + name.lstrip("/")))
+        return True
+    except OSError:
+        return False
+
+
 def _offsets(layout: Layout) -> tuple[dict[str, int], int]:
-    """Byte offset of every array (aligned to `_ALIGN`) and the total size."""
-    offsets, end = {}, 0
+    """Byte offset of every array (aligned to `_ALIGN`, after the header) and the total size."""
+    offsets, end = {}, HEADER_BYTES
     for name, (shape, dtype) in layout.items():
         offsets[name] = end
         size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         end += -(-size // _ALIGN) * _ALIGN
-    return offsets, max(end, _ALIGN)
+    return offsets, end

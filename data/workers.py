@@ -5,8 +5,11 @@ Each builds its own source shard and teacher from picklable factories (Hydra `_p
 `functools.partial`s), attaches to the shared `RingBuffer` and runs `label_stream`. A monitor
 thread in the parent supervises them:
 
-- a worker that dies (exception, SIGKILL, segfault: seen through its process sentinel) or
-  stops sending heartbeats (hung) is logged with its error and restarted, at most
+- a worker that dies (exception, SIGKILL, segfault: seen through its process sentinel), stops
+  sending heartbeats (hung) or makes no progress (no frame, no video read or skipped, and not
+  paused for the trainer) for `stall_timeout_s` while its heartbeat thread still reports
+  (stalled: a trickling download, a stuck teacher) is logged with what it was doing and
+  restarted, at most
   `max_restarts` times per worker; then, or at once for errors that would only repeat (a
   `TeacherUnavailableError`, or a source or teacher that cannot be built), the pool fails:
   `error` and `failure_reason()` say why, and the trainer raises it (`StreamDataModule`);
@@ -59,6 +62,9 @@ class ProducerSettings:
         heartbeat_timeout_s: a running worker silent this long is taken for hung and restarted.
         startup_timeout_s: the same limit before a worker's first report (spawn re-imports the
             parent's main module, and the teacher loads its model).
+        stall_timeout_s: a worker that reports but makes no progress this long (no frame
+            decoded, no video read or skipped, not paused for the trainer) is taken for
+            stalled and restarted; keep it above the source's download time limit.
         stop_timeout_s: seconds a stopping worker gets to finish its frame before SIGTERM.
     """
 
@@ -67,6 +73,7 @@ class ProducerSettings:
     heartbeat_s: float = 1.0
     heartbeat_timeout_s: float = 120.0
     startup_timeout_s: float = 300.0
+    stall_timeout_s: float = 300.0
     stop_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -74,7 +81,7 @@ class ProducerSettings:
             raise ValueError(f"workers and max_restarts must be >= 0, got {self.workers}, "
                              f"{self.max_restarts}")
         if min(self.heartbeat_s, self.heartbeat_timeout_s, self.startup_timeout_s,
-               self.stop_timeout_s) <= 0:
+               self.stall_timeout_s, self.stop_timeout_s) <= 0:
             raise ValueError("heartbeat and timeout settings must be > 0 seconds")
 
 
@@ -286,6 +293,8 @@ class _Worker:
     last_stats: float | None = None  # when its last counters arrived
     ended: WorkerError | None = None  # why the current incarnation ended, if it said
     finished: bool = False  # its source ran out (a clean end, not restarted)
+    progress: tuple | None = None  # counters that move when it works (see `_progress`)
+    last_progress: float = 0.0  # when they last moved (or it was paused for the trainer)
 
     @property
     def alive(self) -> bool:
@@ -349,6 +358,7 @@ class ProducerPool:
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)  # wakes the monitor on stop
         self._error: BaseException | None = None
         self._error_text: str | None = None
+        self._stalls = 0
         self._stop_timeout_s = settings.stop_timeout_s
         self._monitor = threading.Thread(target=self._supervise, name="stream-pose-pool",
                                          daemon=True)
@@ -418,6 +428,11 @@ class ProducerPool:
     def restarts(self) -> int:
         """Worker restarts so far, all workers together."""
         return sum(w.restarts for w in self._workers)
+
+    @property
+    def stalls(self) -> int:
+        """Workers killed so far for making no progress (`ProducerSettings.stall_timeout_s`)."""
+        return self._stalls
 
     @property
     def pids(self) -> list[int | None]:
@@ -497,6 +512,7 @@ class ProducerPool:
         worker.process, worker.conn, worker.started = process, parent_end, time.monotonic()
         worker.last_report, worker.last_stats = None, None
         worker.ended, worker.finished = None, False
+        worker.progress, worker.last_progress = None, time.monotonic()
         logger.info("producer %d started (pid %d, shard %d of %d)", worker.index, process.pid,
                     shard, spec.num_shards)
 
@@ -548,6 +564,9 @@ class ProducerPool:
             with self._lock:
                 _merge_report(worker.live, message[1])
             worker.last_stats = worker.last_report
+            progress = _progress(worker.live)
+            if progress != worker.progress or worker.live.paused:
+                worker.progress, worker.last_progress = progress, worker.last_report
         elif kind == "log":
             record = logging.makeLogRecord(message[1])
             record.msg, record.args = f"[producer {worker.index}] {record.msg}", None
@@ -607,6 +626,20 @@ class ProducerPool:
                 logger.warning("producer %d sent no report for %.1f s: killing it", worker.index,
                                silent)
                 worker.process.kill()
+            elif worker.last_stats is not None and (
+                    now - worker.last_progress > self.settings.stall_timeout_s):
+                self._kill_stalled(worker, now - worker.last_progress)
+
+    def _kill_stalled(self, worker: _Worker, idle_s: float) -> None:
+        """Kill a worker that reports but does nothing; `_on_exit` then restarts it."""
+        doing = _doing(worker.live)
+        worker.ended = WorkerError(f"no progress for {idle_s:.0f} s while {doing} (stalled; "
+                                   "see producer.stall_timeout_s); killed")
+        logger.warning("producer %d made no progress for %.0f s while %s: killing it "
+                       "(producer.stall_timeout_s=%g)", worker.index, idle_s, doing,
+                       self.settings.stall_timeout_s)
+        self._stalls += 1
+        worker.process.kill()
 
     def _fail(self, error: BaseException, text: str) -> None:
         self._error_text = text
@@ -646,7 +679,25 @@ def _merge_report(live: ProducerStats, report: ProducerStats) -> None:
     """Fold a worker report (cumulative totals, changed videos only) into its live counters."""
     live.total, live.skipped_videos = report.total, report.skipped_videos
     live.source_stats, live.last_error = report.source_stats, report.last_error
+    live.paused = report.paused
     live.per_video.update(report.per_video)
+
+
+def _progress(stats: ProducerStats) -> tuple:
+    """Counters that move while a worker works: frames labelled, and (a video can take a while
+    to fetch) frames decoded, videos read and skipped by its source."""
+    src = stats.source_stats
+    return (stats.total.frames, len(stats.skipped_videos),
+            *((src.frames, src.videos_ok, src.videos_skipped) if src is not None else ()))
+
+
+def _doing(stats: ProducerStats) -> str:
+    """What a worker was at, from its last report: for the stall message."""
+    src = stats.source_stats
+    video = src.current if src is not None and src.current else (
+        next(reversed(stats.per_video), None))
+    where = f"on video {video}" if video else "before its first video"
+    return f"{where} ({stats.total.frames} frames labelled)"
 
 
 def _exception(ended: WorkerError) -> BaseException:

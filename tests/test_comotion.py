@@ -377,7 +377,7 @@ def test_training_with_comotion_missing_exits_with_the_fix_not_a_traceback(tmp_p
 
     out = subprocess.run(
         [sys.executable, "-m", "train.train", "labeler=comotion", "source=local",
-         "trainer.max_steps=2", f"hydra.run.dir={tmp_path}", "logger=none"],
+         "trainer.max_steps=3", f"hydra.run.dir={tmp_path}", "logger=none"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "the teacher cannot run here" in out.stderr and "ml-comotion" in out.stderr

@@ -130,6 +130,8 @@ def test_no_logger(tmp_path):
 
 @pytest.mark.parametrize("key, offline", [(None, True), ("not-a-real-key", False)])
 def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline):
+    from trickle_server import FakeWandb
+
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the logger starts no run until used
     monkeypatch.setattr("train.loggers.load_dotenv", lambda **kw: False)  # ignore a local .env
     if key is None:
@@ -137,7 +139,9 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline
     else:
         monkeypatch.setenv("WANDB_API_KEY", key)
     cfg = _compose(tmp_path, "logger=wandb")
-    (lg,) = make_loggers(cfg.logger)
+    with FakeWandb(200) as server:  # a W&B server that accepts the key (see test_faults.py)
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        (lg,) = make_loggers(cfg.logger)
     assert lg._wandb_init["mode"] == ("offline" if offline else "online")
     text = OmegaConf.to_yaml(cfg)
     assert "WANDB_API_KEY" not in text and "not-a-real-key" not in text

@@ -17,7 +17,7 @@ SUMMARY_KEYS = {
     "status", "steps", "batch_size", "samples_pushed", "samples_consumed", "reads_per_sample",
     "teacher", "teacher_fps", "train_videos", "val_videos", "val/mpjpe_mm", "best_val_mpjpe_mm",
     "val/pa_mpjpe_mm", "val/mean_pose_mpjpe_mm", "mpjpe_vs_mean_pose", "wall_time_s",
-    "best_checkpoint", "last_checkpoint",
+    "best_checkpoint", "last_checkpoint", "producer_restarts", "producer_stalls", "skipped_videos",
 }
 STEPS, BATCH = 40, 16
 

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from pexels_fake import FakePexels
 from shared_paths import VIDEOS
 
-from train.train import CONF_DIR, SecretInConfigError, main, refuse_key_overrides, train
+from stream_pose.secrets import SecretInConfigError, refuse_overrides
+from train.train import CONF_DIR, main, train
 from video_sources.local import is_val_id
 
 KEY = "train-key-7c1d2e9f04ab"
@@ -75,7 +76,7 @@ def test_training_on_pexels_keeps_splits_apart_and_the_key_out(tmp_path, monkeyp
 
 def test_api_key_in_the_config_is_refused_before_anything_is_written(tmp_path):
     cfg = _compose(tmp_path / "run", "source=pexels", "+source.api_key=abc123")
-    with pytest.raises(SecretInConfigError, match="PEXELS_API_KEY or .env") as info:
+    with pytest.raises(SecretInConfigError, match="never on the command line") as info:
         train(cfg)
     assert "abc123" not in str(info.value) and "source.api_key" in str(info.value)
     assert not (tmp_path / "run").exists()
@@ -84,12 +85,14 @@ def test_api_key_in_the_config_is_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("override", ["+source.api_key=abc123", "source.api_key=abc123",
                                       f"source.queries=[{KEY}]", f"+logger.note={KEY}x",
                                       f"+{KEY}=1"])
-def test_command_line_with_the_key_exits_before_hydra_writes(tmp_path, monkeypatch, override):
+def test_command_line_with_the_key_exits_before_hydra_writes(tmp_path, monkeypatch, capsys,
+                                                              override):
     monkeypatch.setenv("PEXELS_API_KEY", KEY)
     monkeypatch.setattr(sys, "argv", ["train", f"hydra.run.dir={tmp_path / 'run'}", override])
     with pytest.raises(SystemExit) as info:
         main()
-    message = str(info.value.code)
+    assert info.value.code == 2
+    message = capsys.readouterr().err
     assert "never on the command line" in message and KEY not in message
     assert "abc123" not in message
     assert not (tmp_path / "run").exists()
@@ -97,6 +100,6 @@ def test_command_line_with_the_key_exits_before_hydra_writes(tmp_path, monkeypat
 
 def test_overrides_without_the_key_pass(monkeypatch):
     monkeypatch.setenv("PEXELS_API_KEY", KEY)
-    refuse_key_overrides(["source=pexels", "source.queries=[yoga]", "source.n=3"])
+    refuse_overrides(["source=pexels", "source.queries=[yoga]", "source.n=3"])
     with pytest.raises(SecretInConfigError):
-        refuse_key_overrides(["source.n=3", "~source.api_key"])
+        refuse_overrides(["source.n=3", "~source.api_key"])

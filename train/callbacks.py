@@ -40,7 +40,8 @@ def stream_telemetry(datamodule: Any) -> dict[str, float]:
     blocked reading the buffer: the trainer's, or its DataLoader workers' with
     `loader_workers`) and `buffer/bytes_per_sample` (memory per slot). From
     `datamodule.producer_stats.total`: `producer/teacher_fps` (frames/s inside one teacher)
-    and `producer/frames`; `producer/restarts` from `datamodule.producer_restarts`. Anything
+    and `producer/frames`; `producer/restarts` from `datamodule.producer_restarts` and
+    `producer/stalls` (restarts for making no progress) from `datamodule.producer_stalls`. Anything
     missing (another datamodule, not set up yet) is left out.
     """
     out: dict[str, float] = {}
@@ -60,6 +61,9 @@ def stream_telemetry(datamodule: Any) -> dict[str, float]:
     restarts = getattr(datamodule, "producer_restarts", None)
     if restarts is not None:
         out["producer/restarts"] = float(restarts)
+    stalls = getattr(datamodule, "producer_stalls", None)
+    if stalls is not None:
+        out["producer/stalls"] = float(stalls)
     return out
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -35,8 +37,17 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from data.datamodule import EmptyValidationSetError
+from data.shared import SharedMemoryTooSmallError, remove_stale_segments
 from labeler.base import TeacherUnavailableError
 from stream_pose.runtime import CONF_DIR, REPO_ROOT, set_torch_threads, usable_cores  # noqa: F401
+from stream_pose.secrets import (
+    SecretInConfigError,
+    redacted_config,
+    refuse_argv,
+    refuse_config,
+    refuse_overrides,
+)
 from train.callbacks import (
     BufferTelemetry,
     CheckpointOnException,
@@ -45,21 +56,21 @@ from train.callbacks import (
     ScheduleOnResume,
     stream_telemetry,
 )
+from train.loggers import WandbKeyError
 from train.panels import SkeletonPanels
-from train.redact import redacted_config
 from train.throughput import StudentThroughput
-from video_sources.pexels import configured_api_key
+from video_sources.pexels import PexelsKeyError
 
 logger = logging.getLogger(__name__)
 
 MONITOR = "val/mpjpe_mm"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # relative to the run folder (SaveLastCheckpoint)
-KEY_REFUSED = "pass the key through PEXELS_API_KEY or .env, never on the command line"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
+EXIT_USAGE = 2  # a command line refused before it ran (the status argparse uses)
 
 
-class SecretInConfigError(ValueError):
-    """An API key in the config or a command-line override, where Hydra would save it."""
+class ConfigError(ValueError):
+    """A setting that cannot work, found before labelling; the message names it and the fix."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -68,6 +79,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class CheckpointNotFoundError(FileNotFoundError):
     """`ckpt_path` names no file."""
+
+
+# Set-up problems the CLI reports in one or two lines, without a traceback (HYDRA_FULL_ERROR=1
+# shows it): each message names the setting and the fix.
+USER_ERRORS = (ConfigError, SecretInConfigError, CheckpointNotFoundError, TeacherUnavailableError,
+               EmptyValidationSetError, SharedMemoryTooSmallError, PexelsKeyError,
+               WandbKeyError, InstantiationException)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -92,20 +110,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         The summary dict (see `run_summary`).
 
     Raises:
-        SecretInConfigError: an `api_key` in `cfg` or the key in a Hydra override, before
-            anything is written.
+        SecretInConfigError: a secret in `cfg` or in a Hydra override (see `refuse_keys`),
+            before anything is written.
+        ConfigError: a setting that cannot work (see `preflight`), before any labelling.
         CheckpointNotFoundError: `cfg.ckpt_path` is not a file, before anything is written.
         TrainingInterrupted: on Ctrl-C, after the checkpoint and the summary were written.
         ValueError: a DDP strategy that re-runs the command line, outside the Hydra CLI.
     """
     refuse_keys(cfg, _hydra_overrides())
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
+    remove_stale_segments()  # /dev/shm left by killed runs (also done on creating a buffer)
     run_dir = Path(cfg.paths.output_dir).resolve()  # ModelCheckpoint keeps a realpath too
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    _check_schedule(cfg.trainer)
+    _check_schedule(cfg.trainer, cfg.get("model", {}).get("scheduler"))
 
     datamodule = instantiate(cfg.buffer, source=instantiate(cfg.source),
                              teacher=instantiate(cfg.labeler),
@@ -132,6 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
     _check_launch(trainer)
+    preflight(cfg, datamodule, rank=trainer.global_rank, world_size=trainer.world_size)
     set_torch_threads(cfg.get("torch_threads"), ranks=trainer.world_size,
                       producers=max(1, datamodule.producer_settings.workers))
 
@@ -212,7 +233,9 @@ def run_summary(
     (steps x batch size), reads_per_sample (buffer reuse), teacher, teacher_fps, train_videos
     (seen by the producer), val_videos, `val/mpjpe_mm` (last validation), best_val_mpjpe_mm,
     `val/pa_mpjpe_mm`, `val/mean_pose_mpjpe_mm`, mpjpe_vs_mean_pose (< 1: better than always
-    predicting the mean training pose), wall_time_s, best_checkpoint (relative to the run folder).
+    predicting the mean training pose), wall_time_s, best_checkpoint (relative to the run folder),
+    producer_restarts and producer_stalls (producer processes restarted; of them, for making no
+    progress), skipped_videos (`[video, reason]` for each video skipped, validation included).
     Errors are in millimetres; a value that was never measured is None.
     """
     metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
@@ -237,58 +260,24 @@ def run_summary(
         "val/mean_pose_mpjpe_mm": mean_pose,
         "mpjpe_vs_mean_pose": None if mpjpe is None or not mean_pose else mpjpe / mean_pose,
         "wall_time_s": round(wall_time_s, 1),
+        "producer_restarts": int(getattr(datamodule, "producer_restarts", 0)),
+        "producer_stalls": int(getattr(datamodule, "producer_stalls", 0)),
+        "skipped_videos": [list(x) for x in getattr(datamodule, "skipped_videos", [])],
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         "last_checkpoint": LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else None,
     }
 
 
 def refuse_keys(cfg: DictConfig, overrides: list[str]) -> None:
-    """Refuse an API key in the config or in command-line overrides (PITFALLS.md, Secrets).
-
-    Hydra saves the config and `overrides.yaml` in the run folder, and loggers record both, so
-    a key must come from the environment only. Refused: any config field named `api_key`; an
-    override whose key path ends with `api_key`; an override that contains the value of
-    PEXELS_API_KEY (environment or .env). Messages name the path, never the value.
+    """Refuse a secret in the config or in Hydra overrides (`stream_pose.secrets`, the one
+    policy): a secret-named field with a value, an override naming a secret field or carrying
+    the value of a secret environment variable. Messages name the setting, never the value.
 
     Raises:
         SecretInConfigError: one of the above.
     """
-    paths = _api_key_paths(OmegaConf.to_container(cfg, resolve=False), "")
-    if paths:
-        raise SecretInConfigError(f"config field {paths[0]}: {KEY_REFUSED}")
-    refuse_key_overrides(overrides)
-
-
-def refuse_key_overrides(overrides: list[str]) -> None:
-    """Refuse Hydra overrides (`key=value` strings) that carry the Pexels key; see `refuse_keys`.
-
-    Raises:
-        SecretInConfigError: an override whose path ends with `api_key` or that contains the
-            PEXELS_API_KEY value.
-    """
-    secret = configured_api_key()
-    for override in overrides:
-        path = override.split("=", 1)[0].lstrip("+~")
-        if path.endswith("api_key") or (secret and secret in override):
-            shown = "an override" if secret and secret in path else f"override of {path!r}"
-            raise SecretInConfigError(f"{shown}: {KEY_REFUSED}")
-
-
-def _api_key_paths(node: Any, prefix: str) -> list[str]:
-    """Dotted paths of every `api_key` field in a plain (unresolved) config container."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return []
-    paths = []
-    for key, value in items:
-        path = f"{prefix}{key}"
-        if key == "api_key":
-            paths.append(path)
-        paths += _api_key_paths(value, path + ".")
-    return paths
+    refuse_config(cfg)
+    refuse_overrides(overrides)
 
 
 def _hydra_overrides() -> list[str]:
@@ -339,12 +328,57 @@ def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException) -> st
     return f"interrupted at step {trainer.global_step}: {where}"
 
 
-def _check_schedule(trainer_cfg: DictConfig) -> None:
-    """Warn when the last step is not a validation step: the summary would report stale metrics."""
+def _check_schedule(trainer_cfg: DictConfig, scheduler_cfg: DictConfig | None = None) -> None:
+    """Refuse a run without steps; warn when the last step is not a validation step (the
+    summary would report stale metrics).
+
+    Raises:
+        ConfigError: `max_steps` < 1 (the stream has no epochs: -1, "until the data ends",
+            never ends), a one-cycle LR schedule with a phase 0 steps long (OneCycleLR would
+            divide by zero), or a `val_check_interval` that is not a positive number.
+    """
     steps, every = trainer_cfg.get("max_steps"), trainer_cfg.get("val_check_interval")
-    if isinstance(every, int) and steps and steps > 0 and steps % every:
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"trainer.max_steps={steps}: a run needs at least one step (the "
+                          "stream has no epochs); e.g. trainer.max_steps=1000")
+    target = "" if scheduler_cfg is None else str(scheduler_cfg.get("_target_", ""))
+    if target.endswith("OneCycleLR"):
+        pct = float(scheduler_cfg.get("pct_start", 0.3))
+        if abs(pct * steps - 1) < 1e-9 or pct >= 1:  # a phase 0 steps long: OneCycleLR / 0
+            raise ConfigError(f"trainer.max_steps={steps}: the one-cycle LR schedule's warm-up "
+                              f"(model.scheduler.pct_start={pct:g}) would last 0 steps; use "
+                              "another max_steps (e.g. 3 or more)")
+    if isinstance(every, (int, float)) and every <= 0:
+        raise ConfigError(f"trainer.val_check_interval={every}: must be > 0 (steps between "
+                          "validations); e.g. trainer.val_check_interval=100")
+    if isinstance(every, int) and steps % every:
         logger.warning("max_steps %d is not a multiple of val_check_interval %d: the final "
                        "val metrics are from step %d", steps, every, steps - steps % every)
+
+
+def preflight(cfg: DictConfig, datamodule: Any, *, rank: int = 0, world_size: int = 1) -> None:
+    """The checks that need no labelling, run before any (`StreamDataModule.check`): source
+    paths and validation ids exist, every producer has a shard, /dev/shm holds the buffer.
+
+    Raises:
+        ConfigError: naming the setting and the fix (the cause chained).
+    """
+    check = getattr(datamodule, "check", None)
+    if check is None:  # another datamodule: it checks when it starts
+        return
+    try:
+        check(rank=rank, world_size=world_size)
+    except SharedMemoryTooSmallError as exc:
+        raise ConfigError(f"buffer.capacity={cfg.buffer.get('capacity')}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"source.paths: {exc}") from exc
+    except (ValueError, PexelsKeyError) as exc:
+        raise ConfigError(f"source ({_source_name(cfg)}): {exc}") from exc
+
+
+def _source_name(cfg: DictConfig) -> str:
+    """The source's class name, for messages."""
+    return str(cfg.source.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def _teacher_name(labeler_cfg: DictConfig) -> str:
@@ -377,13 +411,14 @@ def _finish(loggers: list[Logger]) -> None:
 def main() -> None:
     """CLI: `python -m train.train` / `stream-pose-train` with Hydra overrides.
 
-    Overrides carrying the Pexels key are refused here, before Hydra writes the run folder's
-    `.hydra/overrides.yaml` (see `refuse_key_overrides`).
+    Arguments carrying a secret are refused here, before Hydra writes the run folder's
+    `.hydra/` files (`stream_pose.secrets.refuse_argv`): exit status 2, nothing written.
     """
     try:
-        refuse_key_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+        refuse_argv(sys.argv[1:])
     except SecretInConfigError as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     _hydra_main()
 
 
@@ -395,10 +430,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
     try:
         s = train(cfg)
-    except TeacherUnavailableError as exc:  # a set-up problem, not a bug: no traceback
-        sys.exit(f"error: the teacher cannot run here: {exc}")
-    except CheckpointNotFoundError as exc:
-        sys.exit(f"error: {exc}")
+    except USER_ERRORS as exc:  # a set-up problem, not a bug: no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {_user_error_text(exc)}")
     except KeyboardInterrupt as exc:  # TrainingInterrupted, or Ctrl-C before fit
         if rank_zero_only.rank != 0:
             # Lightning's DDP launcher kills every rank once one exits non-zero: rank 0 reports.
@@ -413,6 +448,19 @@ def _hydra_main(cfg: DictConfig) -> None:
         f"mean pose {_mm(s['val/mean_pose_mpjpe_mm'])}), ratio {s['mpjpe_vs_mean_pose'] or 0:.2f}, "
         f"{s['wall_time_s']:.0f} s; run: {cfg.paths.output_dir}"
     )
+
+
+def _user_error_text(exc: BaseException) -> str:
+    """One or two lines for a user error (`USER_ERRORS`)."""
+    if isinstance(exc, TeacherUnavailableError):
+        return f"the teacher cannot run here: {exc}"
+    if isinstance(exc, InstantiationException):  # a class refused its settings
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(cause, USER_ERRORS) and cause is not exc:
+            return _user_error_text(cause)
+        where = re.search(r"full_key: (\S+)", str(exc))
+        return f"{where.group(1) if where else 'config'}: {cause}"
+    return str(exc)
 
 
 def _mm(x: float | None) -> str:

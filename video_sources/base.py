@@ -23,12 +23,15 @@ class SourceStats:
         videos_skipped: videos skipped as unreadable (corrupt, empty, not video, download failed).
         frames: frames yielded.
         skipped: `(video uri or id, reason)` for each skipped video, in order.
+        current: uri of the video being read or decoded (None when unknown): what a stalled
+            producer was doing.
     """
 
     videos_ok: int = 0
     videos_skipped: int = 0
     frames: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    current: str | None = None
 
 
 @runtime_checkable

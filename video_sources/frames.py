@@ -22,12 +22,15 @@ def frames_from_bytes(
     max_frames: int | None = None,
     max_side: int | None = None,
     on_first_frame: Callable[[], None] | None = None,
+    warned: set[str] | None = None,
 ) -> Generator[Frame, None, int]:
     """Decode `data` (see `decode_video_bytes`) into `Frame`s of `video`, counting in `stats`.
 
     A video that fails part-way keeps the frames it gave and logs one warning; it counts in
     `stats.videos_ok`. `on_first_frame` runs once, before the first frame is yielded (e.g. to
-    record the video in a manifest only once it proved readable).
+    record the video in a manifest only once it proved readable). `warned`, when given, holds
+    the uris already reported cut short: a looped source warns once per video, not per pass
+    (later passes log at debug level); the uri is added to it.
 
     Returns:
         The number of frames yielded (the generator's return value, for `yield from`).
@@ -51,5 +54,8 @@ def frames_from_bytes(
     except VideoDecodeError as exc:
         if count == 0:
             raise
-        logger.warning("video %s cut short, keeping %d frames: %s", video.uri, count, exc)
+        level = logging.DEBUG if warned is not None and video.uri in warned else logging.WARNING
+        logger.log(level, "video %s cut short, keeping %d frames: %s", video.uri, count, exc)
+        if warned is not None:
+            warned.add(video.uri)
     return count

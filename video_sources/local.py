@@ -17,16 +17,17 @@ import hashlib
 import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Sequence
+from contextlib import closing
+from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import requests
 
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
-from video_sources.decode import VideoDecodeError, check_decode_options
+from video_sources.decode import VideoDecodeError, check_decode_options, decode_video_bytes
 from video_sources.frames import frames_from_bytes
-from video_sources.http import DownloadError, download_bytes
+from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,11 @@ class LocalSource:
         loop: cycle over the videos forever; False iterates once.
         max_bytes: largest file or download read into memory, in bytes.
         timeout_s: requests timeout (connect, and each read) for URLs, in seconds.
-        shard, num_shards: keep only the split's videos with `in_shard(id, shard, num_shards)`,
-            so that several producers stream disjoint videos that together make the split.
+        time_limit_s: limit on one whole download, in seconds (a server trickling bytes is
+            cut off; the video is skipped); None for none.
+        shard, num_shards: keep only videos shard, shard + num_shards, ... of the split's list,
+            so that several producers stream disjoint videos that together make the split
+            (every shard has one when num_shards <= the split's videos).
         skip_ids: ids of videos used already in the current pass (a resumed run's, see
             `StreamDataModule.load_state_dict`): the first pass leaves them out. Later passes
             of a looped list stream every video again; when all were used, the first pass is
@@ -88,25 +92,34 @@ class LocalSource:
         loop: bool = False,
         max_bytes: int = 2_000_000_000,
         timeout_s: float = 30.0,
+        time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
         shard: int = 0,
         num_shards: int = 1,
         skip_ids: Iterable[str] = (),
     ) -> None:
         check_decode_options(frameskip, max_frames, max_side)
         _check_options(split, val_fraction, max_bytes, timeout_s)
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds or None, got {time_limit_s!r}")
         check_shard(shard, num_shards)
-        videos = select_split(_list_videos(paths), split, val_videos, val_fraction)
-        self._videos = [v for v in videos if in_shard(v.id, shard, num_shards)]
+        videos = select_split(_list_videos(paths), split, val_videos, val_fraction,
+                              usable=lambda video: _decodes(video, max_bytes))
+        # Round robin over the split's list (the same in every process): shards differ in size
+        # by one video at most, so any count of producers up to the videos' works.
+        self._videos = videos[shard::num_shards]
         if not self._videos:
             raise ValueError(
-                f"shard {shard} of {num_shards} of split {split!r} has no video (the split has "
-                f"{[v.id for v in videos]}): use fewer producer workers than videos"
+                f"shard {shard} of {num_shards} of split {split!r} has no video: the split has "
+                f"{len(videos)} ({[v.id for v in videos]}); use fewer producer workers than "
+                f"videos (producer.workers x ranks <= {len(videos)})"
             )
         self.frameskip, self.max_frames, self.max_side = frameskip, max_frames, max_side
         self.loop, self.max_bytes, self.timeout_s = loop, max_bytes, timeout_s
+        self.time_limit_s = time_limit_s
         self.skip_ids = frozenset(skip_ids)
         self.stats = SourceStats()
         self._unreadable: set[str] = set()  # uris skipped once, not retried
+        self._cut_short: set[str] = set()  # uris reported cut short once (looped passes)
         self._session: requests.Session | None = None
 
     def video_ids(self) -> list[str]:
@@ -145,13 +158,15 @@ class LocalSource:
 
     def _video_frames(self, video: VideoRef) -> Iterator[Frame]:
         """Frames of one video; a failure is logged once and ends this video only."""
+        self.stats.current = video.uri
         try:
             data = self._read(video)
         except _ReadError as exc:
             self._skip(video, str(exc))
             return
         try:
-            yield from frames_from_bytes(data, video, self.stats, frameskip=self.frameskip,
+            yield from frames_from_bytes(data, video, self.stats, warned=self._cut_short,
+                                         frameskip=self.frameskip,
                                          max_frames=self.max_frames, max_side=self.max_side)
         except VideoDecodeError as exc:
             self._skip(video, str(exc))
@@ -179,9 +194,8 @@ class LocalSource:
         if self._session is None:
             self._session = requests.Session()
         try:
-            return download_bytes(
-                self._session, url, max_bytes=self.max_bytes, timeout_s=self.timeout_s
-            )
+            return download_bytes(self._session, url, max_bytes=self.max_bytes,
+                                  timeout_s=self.timeout_s, time_limit_s=self.time_limit_s)
         except DownloadError as exc:
             raise _ReadError(str(exc)) from exc
 
@@ -230,7 +244,8 @@ def _expand(path: str) -> list[tuple[str, str]]:
         return [(str(p), "local") for p in found]
     if resolved.is_file():
         return [(str(resolved), "local")]
-    raise FileNotFoundError(f"video path does not exist: {path}")
+    raise FileNotFoundError(f"video path does not exist: {path} (give existing video files, "
+                            "folders or http(s) URLs)")
 
 
 def _assign_ids(uris: list[tuple[str, str]]) -> list[VideoRef]:
@@ -256,12 +271,15 @@ def _base_id(uri: str, kind: str) -> str:
 
 
 def select_split(
-    videos: list[VideoRef], split: str, val_videos: list[str] | None, val_fraction: float
+    videos: list[VideoRef], split: str, val_videos: list[str] | None, val_fraction: float,
+    usable: Callable[[VideoRef], bool] | None = None,
 ) -> list[VideoRef]:
     """The videos of one split, in input order; the split is by video id, never by frame.
 
     Val is `val_videos` when given, else the ids whose stable hash falls under `val_fraction`
-    (at least one video in each split when there are two or more), else empty.
+    (at least one video in each split when there are two or more), else empty. With `usable`,
+    the automatic pick leaves out the videos it rejects (an unreadable file would leave the
+    validation set empty); they stay in train, where the stream skips them.
 
     Raises:
         ValueError: an id in `val_videos` that is not among the videos, or an empty result.
@@ -272,10 +290,13 @@ def select_split(
     if val_videos is not None:
         unknown = sorted(set(val_videos) - set(ids))
         if unknown:
-            raise ValueError(f"val_videos not found: {unknown}; video ids are {ids}")
+            raise ValueError(f"val_videos not found: {unknown}; the video ids (file stems) are "
+                             f"{ids}")
         val = set(val_videos)
     else:
-        val = _hash_val_ids(ids, val_fraction)
+        by_id = {video.id: video for video in videos}
+        val = _hash_val_ids(ids, val_fraction,
+                            None if usable is None else lambda i: usable(by_id[i]))
     chosen = [v for v in videos if split == "all" or (v.id in val) == (split == "val")]
     if not chosen:
         raise ValueError(
@@ -284,17 +305,43 @@ def select_split(
     return chosen
 
 
-def _hash_val_ids(ids: list[str], fraction: float) -> set[str]:
-    """Ids whose SHA-1 position in [0, 1) is below `fraction`, with both splits non-empty."""
+def _hash_val_ids(ids: list[str], fraction: float,
+                  usable: Callable[[str], bool] | None = None) -> set[str]:
+    """Ids whose SHA-1 position in [0, 1) is below `fraction` and that are `usable`, with both
+    splits non-empty (`usable` is asked only about candidates, in hash order)."""
     if fraction <= 0 or not ids:
         return set()
+    usable = usable or (lambda video_id: True)
     ranked = sorted(ids, key=_unit_hash)
-    val = {i for i in ranked if is_val_id(i, fraction)}
-    if len(ids) >= 2 and not val:
-        val = {ranked[0]}
+    val = {i for i in ranked if is_val_id(i, fraction) and _usable_or_say(i, usable)}
+    if len(ids) >= 2 and not val:  # the others stay in train, the unusable ones included
+        val = {next((i for i in ranked if usable(i)), ranked[0])}
     if len(ids) >= 2 and len(val) == len(ids):
         val.discard(ranked[-1])
     return val
+
+
+def _usable_or_say(video_id: str, usable: Callable[[str], bool]) -> bool:
+    if usable(video_id):
+        return True
+    logger.info("automatic validation split: %s does not decode; it stays in train (skipped "
+                "there)", video_id)
+    return False
+
+
+def _decodes(video: VideoRef, max_bytes: int) -> bool:
+    """Whether a local file gives a first frame (URLs are not fetched for this: True)."""
+    if video.kind != "local":
+        return True
+    try:
+        if os.path.getsize(video.uri) > max_bytes:
+            return False
+        frames = decode_video_bytes(Path(video.uri).read_bytes(), max_frames=1)
+        with closing(frames):
+            next(frames)
+        return True
+    except (OSError, VideoDecodeError, StopIteration):
+        return False
 
 
 def is_val_id(video_id: str, val_fraction: float) -> bool:

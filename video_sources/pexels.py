@@ -35,7 +35,7 @@ from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
 from video_sources.decode import VideoDecodeError, check_decode_options
 from video_sources.frames import frames_from_bytes
-from video_sources.http import DownloadError, download_bytes
+from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
 from video_sources.local import SPLITS, check_shard, in_shard, is_val_id
 
 logger = logging.getLogger(__name__)
@@ -499,7 +499,7 @@ class PexelsSource:
         max_frames: int | None = None,
         max_side: int | None = None,
         max_bytes: int = 200_000_000,
-        time_limit_s: float = 300.0,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
         shard: int = 0,
         num_shards: int = 1,
         skip_ids: Iterable[str] = (),
