@@ -155,7 +155,7 @@ def start_producer(video: Path, buffer: RingBuffer, max_side: int | None) -> Pro
     """
     source = functools.partial(LocalSource, [str(video)], loop=True, max_side=max_side)
     pool = ProducerPool(source, instantiate(load_conf("labeler", "mediapipe")), buffer,
-                        buffer.crop_size, settings=ProducerSettings(workers=1),
+                        settings=ProducerSettings(workers=1),
                         reads_per_overwrite=None)
     pool.start()
     deadline = time.monotonic() + POOL_START_TIMEOUT_S

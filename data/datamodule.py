@@ -352,7 +352,7 @@ class StreamDataModule(L.LightningDataModule):
             teacher = self._teacher_factory()
             closing.callback(teacher.close)
             stats = label_stream(
-                source, teacher, buffer, self.crop_size, max_samples=self.val_max_samples
+                source, teacher, buffer, max_samples=self.val_max_samples
             )
         src = stats.source_stats
         self._val_skipped = ([] if src is None else [tuple(x) for x in src.skipped]) + [
@@ -393,12 +393,12 @@ class StreamDataModule(L.LightningDataModule):
             factory = functools.partial(factory, skip_ids=skip)
         if self.producer_settings.workers > 0:
             return ProducerPool(
-                factory, self._teacher_factory, self._buffer, self.crop_size,
+                factory, self._teacher_factory, self._buffer,
                 settings=self.producer_settings, rank=rank, world_size=world_size,
                 reads_per_overwrite=self.reads_per_overwrite,
             )
         source = factory(split="train", **shard_kwargs(rank, world_size))
-        return Producer(source, self._teacher_factory, self._buffer, self.crop_size,
+        return Producer(source, self._teacher_factory, self._buffer,
                         reads_per_overwrite=self.reads_per_overwrite)
 
     def _rank(self) -> tuple[int, int]:

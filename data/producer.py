@@ -178,7 +178,6 @@ def label_stream(
     source: VideoSource,
     teacher: Teacher,
     buffer: RingBuffer,
-    crop_size: int,
     *,
     stop: threading.Event | None = None,
     stats: ProducerStats | None = None,
@@ -195,8 +194,8 @@ def label_stream(
     Args:
         source: frames, video after video.
         teacher: labels one frame at a time.
-        buffer: where the crops go; its `crop_size` must equal `crop_size`.
-        crop_size: crop side S in pixels.
+        buffer: where the crops go; crops are cut to its side `buffer.crop_size` (S pixels),
+            the one owner of that setting.
         stop: when set (anything with `is_set()`), the loop returns after the current frame.
         stats: counters to add to (a `Producer` passes its live ones); default: new ones.
         max_samples: return once this call has pushed at least this many samples.
@@ -213,11 +212,9 @@ def label_stream(
 
     Raises:
         TeacherUnavailableError: the teacher cannot run at all.
-        ValueError: if `crop_size` differs from the buffer's, or prefetch_frames < 0.
+        ValueError: if prefetch_frames < 0.
         Whatever the source raises (re-raised in this thread when it decodes ahead).
     """
-    if crop_size != buffer.crop_size:
-        raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
     prefetch_frames = default_prefetch(source) if prefetch_frames is None else prefetch_frames
     if prefetch_frames < 0:
         raise ValueError(f"prefetch_frames must be >= 0, got {prefetch_frames}")
@@ -236,7 +233,7 @@ def label_stream(
                 video = _start_video(frame, teacher, stats)
             video.last_index = frame.index
             if not video.skip:
-                _label_frame(frame, teacher, buffer, crop_size, video, stats)
+                _label_frame(frame, teacher, buffer, video, stats)
             now = time.perf_counter()
             _count((video.stats, stats.total), wall_s=now - tick, source_wait_s=waited)
             tick = now
@@ -295,7 +292,6 @@ def _label_frame(
     frame: Frame,
     teacher: Teacher,
     buffer: RingBuffer,
-    crop_size: int,
     video: _VideoState,
     stats: ProducerStats,
 ) -> None:
@@ -315,7 +311,7 @@ def _label_frame(
         return
     t1 = time.perf_counter()
     video.successes += 1
-    pushed, rejected = _push_crops(frame, labels, buffer, crop_size)
+    pushed, rejected = _push_crops(frame, labels, buffer)
     _count(
         counters,
         frames=1,
@@ -330,13 +326,14 @@ def _label_frame(
 
 
 def _push_crops(
-    frame: Frame, labels: list[PersonLabel], buffer: RingBuffer, crop_size: int
+    frame: Frame, labels: list[PersonLabel], buffer: RingBuffer
 ) -> tuple[int, int]:
-    """Crop every labelled person into the buffer; returns (pushed, rejected)."""
+    """Crop every labelled person to `buffer.crop_size` into the buffer; returns
+    (pushed, rejected)."""
     pushed = rejected = 0
     for label in labels:
         try:
-            sample = crop_sample(frame, label, crop_size)
+            sample = crop_sample(frame, label, buffer.crop_size)
         except ValueError as exc:  # degenerate box: nothing to crop
             _log_rejected(frame, exc)
             rejected += 1
@@ -393,12 +390,8 @@ class Producer:
     Args:
         source: the frames to label; iterated and closed by the thread.
         teacher_factory: makes the teacher, e.g. a Hydra `_partial_` of a teacher class.
-        buffer: where the crops go.
-        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        buffer: where the crops go; it sets the crop side (`buffer.crop_size`).
         reads_per_overwrite: pacing against the trainer (see `label_stream`); None: never wait.
-
-    Raises:
-        ValueError: if `crop_size` differs from the buffer's.
     """
 
     def __init__(
@@ -406,13 +399,10 @@ class Producer:
         source: VideoSource,
         teacher_factory: Callable[[], Teacher],
         buffer: RingBuffer,
-        crop_size: int,
         reads_per_overwrite: float | None = None,
     ):
-        if crop_size != buffer.crop_size:
-            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
         self._source, self._teacher_factory = source, teacher_factory
-        self._buffer, self._crop_size = buffer, crop_size
+        self._buffer = buffer
         self._reads_per_overwrite = reads_per_overwrite
         self._stop = threading.Event()
         self._stats = ProducerStats()
@@ -483,7 +473,7 @@ class Producer:
         try:
             teacher = self._teacher_factory()
             label_stream(
-                self._source, teacher, self._buffer, self._crop_size,
+                self._source, teacher, self._buffer,
                 stop=self._stop, stats=self._stats, reads_per_overwrite=self._reads_per_overwrite,
             )
             logger.info("producer finished: %d frames, %d samples",

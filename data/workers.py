@@ -102,8 +102,8 @@ class WorkerSpec:
     Attributes:
         source: factory called as `source(split="train", **shard_kwargs(shard, num_shards))`.
         teacher: factory of the worker's own teacher.
-        buffer: handle of the shared ring buffer.
-        crop_size: crop side S in pixels.
+        buffer: handle of the shared ring buffer; it carries the crop side
+            (`BufferHandle.crop_size`).
         shard, num_shards: this worker's part of the stream.
         reads_per_overwrite: pacing against the trainer (see `label_stream`).
         heartbeat_s: seconds between reports.
@@ -113,7 +113,6 @@ class WorkerSpec:
     source: Callable[..., VideoSource]
     teacher: Callable[[], Teacher]
     buffer: BufferHandle
-    crop_size: int
     shard: int
     num_shards: int
     reads_per_overwrite: float | None
@@ -244,7 +243,7 @@ def run_worker(spec: WorkerSpec, index: int, conn: Connection) -> None:
         teacher = spec.teacher()
         source = spec.source(split="train", **shard_kwargs(spec.shard, spec.num_shards))
         heartbeat.source, built = source, True
-        label_stream(source, teacher, buffer, spec.crop_size, stop=stop, stats=stats,
+        label_stream(source, teacher, buffer, stop=stop, stats=stats,
                      reads_per_overwrite=spec.reads_per_overwrite)
     except BaseException as exc:
         # Building the source or teacher would fail the same way again: no restart.
@@ -319,14 +318,14 @@ class ProducerPool:
             `source(split="train", shard=..., num_shards=...)` (no shard arguments when there
             is a single shard); must be picklable (a Hydra `_partial_`, a module-level class).
         teacher: picklable factory of teachers; each worker makes its own.
-        buffer: a shared ring buffer (`RingBuffer(..., shared=True)`), owned by this process.
-        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        buffer: a shared ring buffer (`RingBuffer(..., shared=True)`), owned by this process;
+            it sets the crop side (`buffer.crop_size`).
         settings: worker count and supervision (`ProducerSettings`; `workers` >= 1).
         rank, world_size: this trainer's place among DDP ranks (0 and 1 without DDP).
         reads_per_overwrite: pacing against the trainer (see `label_stream`).
 
     Raises:
-        ValueError: a process-local buffer, a crop size mismatch, workers < 1 or a bad rank.
+        ValueError: a process-local buffer, workers < 1 or a bad rank.
     """
 
     def __init__(
@@ -334,7 +333,6 @@ class ProducerPool:
         source: Callable[..., VideoSource],
         teacher: Callable[[], Teacher],
         buffer: RingBuffer,
-        crop_size: int,
         *,
         settings: ProducerSettings = ProducerSettings(),
         rank: int = 0,
@@ -343,14 +341,12 @@ class ProducerPool:
     ):
         if not buffer.shared:
             raise ValueError("producer processes need a shared buffer: RingBuffer(shared=True)")
-        if crop_size != buffer.crop_size:
-            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
         if settings.workers < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need workers >= 1 and 0 <= rank < world_size, got "
                              f"{settings.workers}, {rank}, {world_size}")
         self.settings, self.rank, self.world_size = settings, rank, world_size
         self._source, self._teacher, self._buffer = source, teacher, buffer
-        self._crop_size, self._reads_per_overwrite = crop_size, reads_per_overwrite
+        self._reads_per_overwrite = reads_per_overwrite
         self._ctx = multiprocessing.get_context("spawn")
         self._workers = [_Worker(w) for w in range(settings.workers)]
         self._lock = threading.Lock()  # guards the workers' counters (monitor vs. readers)
@@ -492,7 +488,7 @@ class ProducerPool:
                                          self.world_size)
         spec = WorkerSpec(
             source=self._source, teacher=self._teacher, buffer=self._buffer.handle,
-            crop_size=self._crop_size, shard=shard, num_shards=num_shards,
+            shard=shard, num_shards=num_shards,
             reads_per_overwrite=self._reads_per_overwrite, heartbeat_s=self.settings.heartbeat_s,
             log_level=logging.getLogger().getEffectiveLevel(),
         )

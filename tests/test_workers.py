@@ -75,7 +75,7 @@ def _nothing_left_behind():
 def _pool(buffer, source=SYNTH, teacher=OracleTeacher, **settings) -> ProducerPool:
     options = {"workers": 2, "max_restarts": 3, "heartbeat_s": 0.2, "stop_timeout_s": 5.0}
     rank = {k: settings.pop(k) for k in ("rank", "world_size") if k in settings}
-    return ProducerPool(source, teacher, buffer, buffer.crop_size,
+    return ProducerPool(source, teacher, buffer,
                         settings=ProducerSettings(**{**options, **settings}), **rank)
 
 
@@ -231,7 +231,7 @@ _ORPHAN_SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         buffer = RingBuffer(64, 32, shared=True)
         source = functools.partial(SyntheticSource, num_videos=4, frames_per_video=4)
-        pool = ProducerPool(source, OracleTeacher, buffer, 32,
+        pool = ProducerPool(source, OracleTeacher, buffer,
                             settings=ProducerSettings(workers=2, heartbeat_s=0.2))
         pool.start()
         buffer.wait_for(64, 60)
