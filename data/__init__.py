@@ -4,7 +4,8 @@
 - `data.shared`: `SharedArrays`, numpy arrays in one shared-memory segment, and its lifecycle.
 - `data.storage`: raw and JPEG crop storage.
 - `data.producer`: `label_stream` (the labelling loop) and `Producer` (it, in a thread).
-- `data.workers`: `ProducerPool`, the labelling loop in supervised producer processes.
+- `data.workers`: `ProducerPool` (`data.workers.pool`, the parent side), the labelling loop in
+  supervised producer processes (`data.workers.worker`, the process side).
 - `data.augment`: `BatchAugment`, label-consistent augmentation on the training device.
 - `data.dataset`: `BufferDataset` (training batches) and `FrozenDataset` (validation).
 - `data.datamodule`: `StreamDataModule`, the Lightning wiring of all of the above.
