@@ -35,7 +35,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from data.dataset import BufferDataset, FrozenDataset
-from data.producer import Producer, ProducerFailedError, ProducerStats, label_stream
+from data.producer import (
+    Producer,
+    ProducerFailedError,
+    ProducerStats,
+    StreamProducer,
+    label_stream,
+)
 from data.ring_buffer import BufferStarvedError, RingBuffer, buffer_layout
 from data.shared import check_free_space, layout_nbytes
 from data.storage import make_storage
@@ -128,7 +134,7 @@ class StreamDataModule(L.LightningDataModule):
         self.producer_settings = producer or ProducerSettings(workers=0)
         self.loader_workers = loader_workers
         self._buffer: RingBuffer | None = None
-        self._producer: Producer | ProducerPool | None = None
+        self._producer: StreamProducer | None = None
         self._train_dataset: BufferDataset | None = None
         self._val_set: dict[str, np.ndarray] | None = None
         self._val_video_ids: list[str] = []
@@ -286,6 +292,11 @@ class StreamDataModule(L.LightningDataModule):
         return self._buffer
 
     @property
+    def producer(self) -> StreamProducer | None:
+        """The training stream's producer, a thread or a process pool (None before setup)."""
+        return self._producer
+
+    @property
     def producer_stats(self) -> ProducerStats | None:
         """A copy of the producer's live counters (None before setup)."""
         return None if self._producer is None else self._producer.stats
@@ -293,12 +304,12 @@ class StreamDataModule(L.LightningDataModule):
     @property
     def producer_restarts(self) -> int:
         """Producer processes restarted after dying (0 for a thread, or before setup)."""
-        return getattr(self._producer, "restarts", 0)
+        return 0 if self._producer is None else self._producer.restarts
 
     @property
     def producer_stalls(self) -> int:
         """Producer processes killed for making no progress (0 for a thread, or before setup)."""
-        return getattr(self._producer, "stalls", 0)
+        return 0 if self._producer is None else self._producer.stalls
 
     @property
     def skipped_videos(self) -> list[tuple[str, str]]:
@@ -385,7 +396,7 @@ class StreamDataModule(L.LightningDataModule):
         if overlap:
             logger.warning("videos in both train and val splits: %s", sorted(overlap))
 
-    def _make_producer(self) -> Producer | ProducerPool:
+    def _make_producer(self) -> StreamProducer:
         """Producer processes, or the in-process thread (`workers=0`), on this rank's shard."""
         rank, world_size = self._rank()
         factory, skip = self._source_factory, self._skip_ids()
@@ -415,13 +426,11 @@ class StreamDataModule(L.LightningDataModule):
         if self._producer is None:
             return {}
         rank, world_size = self._rank()
-        if isinstance(self._producer, ProducerPool):
-            if not self._producer.refresh_stats():
-                logger.warning("a producer did not report in time: its latest videos may be "
-                               "missing from the checkpoint's list")
-            workers, stats = self.producer_settings.workers, self._producer.worker_stats()
-        else:
-            workers, stats = 1, [self._producer.stats]
+        if not self._producer.refresh_stats():
+            logger.warning("a producer did not report in time: its latest videos may be "
+                           "missing from the checkpoint's list")
+        stats = self._producer.worker_stats()
+        workers = len(stats)
         return {"%d/%d" % worker_shard(rank, w, workers, world_size): list(s.per_video)
                 for w, s in enumerate(stats)}
 

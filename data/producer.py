@@ -2,7 +2,8 @@
 
 `label_stream` is the synchronous loop (used by `pipeline.py --dry-run` and to build the frozen
 validation set); `Producer` runs it in a daemon thread beside the trainer, and
-`data.workers.ProducerPool` in spawned processes. One bad frame or video never ends the stream:
+`data.workers.ProducerPool` in spawned processes. Both are `StreamProducer`s, the one interface
+the DataModule, the callbacks and the benchmarks use. One bad frame or video never ends the stream:
 teacher errors are logged (rate-limited), counted and skipped. Only a `TeacherUnavailableError`
 is fatal. The source is iterated a few frames ahead in a background thread (`data.prefetch`), so
 that decoding overlaps the teacher.
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Generator, Iterable, Iterator
+from typing import Callable, ContextManager, Generator, Iterable, Iterator, Protocol
 
 from data.prefetch import PrefetchIterator
 from data.ring_buffer import RingBuffer
@@ -133,6 +134,52 @@ class ProducerStats:
             last_error=self.last_error,
             paused=self.paused,
         )
+
+
+class StreamProducer(Protocol):
+    """What keeps the training buffer filled: `Producer` (a thread) or `ProducerPool` (processes).
+
+    `StreamDataModule` starts one, waits on `failure_reason`, reads its counters for telemetry
+    and checkpoints, and stops it; nothing else may be assumed of it.
+    """
+
+    def start(self) -> None:
+        """Start labelling into the buffer (once; a second call raises `RuntimeError`)."""
+
+    def stop(self) -> None:
+        """Stop labelling and release the sources and teachers; idempotent."""
+
+    @property
+    def is_alive(self) -> bool:
+        """True while some labelling thread or process runs."""
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended labelling for good, if one did."""
+
+    @property
+    def stats(self) -> ProducerStats:
+        """All counters combined (a copy)."""
+
+    @property
+    def restarts(self) -> int:
+        """Labelling processes restarted after dying (always 0 for a thread)."""
+
+    @property
+    def stalls(self) -> int:
+        """Of those, processes killed for making no progress (always 0 for a thread)."""
+
+    def worker_stats(self) -> list[ProducerStats]:
+        """Counters of each worker, in worker order (a worker labels shard
+        `data.workers.worker_shard(rank, w, len(list), world_size)`); copies."""
+
+    def refresh_stats(self, timeout_s: float = 5.0) -> bool:
+        """Bring `stats` and `worker_stats` up to date now, waiting at most `timeout_s`;
+        False when some worker did not answer in time."""
+
+    def failure_reason(self) -> str | None:
+        """Why no more samples will come (crash, the stream ran out), or None while it runs
+        (or was stopped); meant as `RingBuffer.wait_for(abort=...)`."""
 
 
 def combine_stats(parts: Iterable[ProducerStats]) -> ProducerStats:
@@ -385,7 +432,8 @@ class Producer:
     The teacher is built inside the thread by `teacher_factory` (one teacher per producer:
     MediaPipe's graph is not thread-safe). The thread closes the teacher and the source when it
     ends, whatever the reason. `data.workers.ProducerPool` is the same in processes;
-    `producer.workers=0` picks this one (debugging, fast tests).
+    `producer.workers=0` picks this one (debugging, fast tests). A `StreamProducer`: one worker,
+    never restarted, whose counters are always current.
 
     Args:
         source: the frames to label; iterated and closed by the thread.
@@ -452,6 +500,24 @@ class Producer:
     def stats(self) -> ProducerStats:
         """A copy of the live counters, taken without stopping the thread."""
         return self._stats.copy()
+
+    @property
+    def restarts(self) -> int:
+        """Always 0: a thread is not restarted."""
+        return 0
+
+    @property
+    def stalls(self) -> int:
+        """Always 0: a thread is not supervised for progress."""
+        return 0
+
+    def worker_stats(self) -> list[ProducerStats]:
+        """`[stats]`: the thread is the only worker."""
+        return [self.stats]
+
+    def refresh_stats(self, timeout_s: float = 5.0) -> bool:
+        """True at once: the thread's counters are always current."""
+        return True
 
     def failure_reason(self) -> str | None:
         """Why no more samples will come, or None while the producer runs (or was stopped).

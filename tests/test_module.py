@@ -178,11 +178,14 @@ def test_stream_telemetry_reads_buffer_and_producer_counters():
                         reads_per_sample=4.0)
     dm = SimpleNamespace(
         buffer=SimpleNamespace(stats=lambda: stats),
-        producer_stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5, frames=30)),
+        producer=SimpleNamespace(stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5,
+                                                                             frames=30)),
+                                 restarts=1, stalls=0),
     )
     assert stream_telemetry(dm) == {"buffer/fill": 0.5, "buffer/reads_per_sample": 4.0,
                                     "buffer/pushed": 5.0, "producer/teacher_fps": 12.5,
                                     "buffer/overwritten": 0.0, "buffer/samples_read": 20.0,
                                     "buffer/wait_s": 0.0, "buffer/bytes_per_sample": 0.0,
-                                    "producer/frames": 30.0}
-    assert stream_telemetry(SimpleNamespace(buffer=None, producer_stats=None)) == {}
+                                    "producer/frames": 30.0, "producer/restarts": 1.0,
+                                    "producer/stalls": 0.0}
+    assert stream_telemetry(SimpleNamespace(buffer=None, producer=None)) == {}

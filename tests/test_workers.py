@@ -328,3 +328,12 @@ def test_unpicklable_factories_are_a_clear_error():
         with pytest.raises(TypeError, match="picklable source and teacher factories"):
             pool.start()
         assert not pool.is_alive
+
+
+def test_the_thread_and_the_pool_are_both_stream_producers():
+    from data.producer import Producer, StreamProducer
+
+    members = {name for name in vars(StreamProducer) if not name.startswith("_")}
+    assert {"start", "stop", "stats", "failure_reason", "worker_stats", "restarts"} <= members
+    for cls in (Producer, ProducerPool):
+        assert members <= set(dir(cls)), (cls, members - set(dir(cls)))

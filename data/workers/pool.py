@@ -108,8 +108,8 @@ class _RemoteTraceback(Exception):
 class ProducerPool:
     """`workers` producer processes filling one shared `RingBuffer`, restarted when they die.
 
-    Same interface as the in-process `data.producer.Producer` (start, stop, is_alive, error,
-    stats, failure_reason), so `StreamDataModule` and benchmarks can use either.
+    A `data.producer.StreamProducer`, like the in-process `data.producer.Producer`, so
+    `StreamDataModule` and benchmarks can use either.
 
     Args:
         source: factory of video sources, called in each worker as
