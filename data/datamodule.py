@@ -47,6 +47,7 @@ from data.shared import check_free_space, layout_nbytes
 from data.storage import make_storage
 from data.workers import ProducerPool, ProducerSettings, shard_kwargs, worker_shard
 from labeler.base import Teacher
+from stream_pose.batch import Batch
 from video_sources.base import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,8 @@ class StreamDataModule(L.LightningDataModule):
         dataset = FrozenDataset(_pad_invisible(self._val_set, world_size))
         sampler = None if world_size == 1 else DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0,
+                          collate_fn=Batch.collate)
 
     def state_dict(self) -> dict[str, Any]:
         """The training stream's cursor, for checkpoints: the videos used so far (metadata only).
@@ -254,7 +256,7 @@ class StreamDataModule(L.LightningDataModule):
                     "buffer is not in checkpoints (it holds crops) and refills from the stream",
                     len(self._skip_ids()))
 
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Fail the step once the producers have failed for good (see `check_producers`)."""
         self.check_producers()
         return batch

@@ -270,8 +270,8 @@ def test_a_failed_pool_fails_the_training_step():
 
         def training_step(self, batch, _):
             time.sleep(0.01)
-            x = batch["image"].float().mean(dim=(-2, -1)) / 255
-            return (self.net(x).view(-1, 27, 3) - batch["kpts3d"]).abs().mean()
+            x = batch.image.float().mean(dim=(-2, -1)) / 255
+            return (self.net(x).view(-1, 27, 3) - batch.kpts3d).abs().mean()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
