@@ -38,8 +38,8 @@ class Batch:
         kpts2d: `[B, J, 2]` float32 joints in crop pixels.
         kpts3d: `[B, J, 3]` float32 joints in metres, pelvis-relative, camera axes.
         visibility: `[B, J]` float32 in {0, 1}; 0 joints count in no loss or metric.
-        K_crop: `[B, 3, 3]` float32 crop intrinsics (pixels): projecting `kpts3d` plus the
-            pelvis' camera position with it gives `kpts2d`.
+        K_crop: `[B, 3, 3]` float32 intrinsics of the crop in pixels (the crop affine composed
+            with the frame's K, `stream_pose.codec.crop_sample`).
         video_key: `[B]` int64 `data.ring_buffer.video_key` of the source video, or None.
         frame_index: `[B]` int64 frame of the video, or None.
         track_id: `[B]` int64 the teacher's person id in that frame, or None.
