@@ -251,8 +251,7 @@ def label(source: VideoSource, args: argparse.Namespace) -> dict:
         source.close()
         raise
     try:
-        label_stream(_ProgressSource(source, status), teacher, buffer, args.crop_size,
-                     stats=stats)
+        label_stream(_ProgressSource(source, status), teacher, buffer, stats=stats)
     except KeyboardInterrupt:
         logger.warning("interrupted: reporting the frames labelled so far")
     finally:

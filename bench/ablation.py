@@ -36,6 +36,7 @@ from bench.common import REPO_ROOT, load_conf, model_preset
 from bench.learning import ClipSet, clip_metrics, label_clip, pooled, predict
 from data.ring_buffer import video_weights
 from labeler.flip_tta import FlipTTATeacher
+from stream_pose.batch import Batch
 from train.losses import masked_l1
 from train.metrics import MeanPoseBaseline
 from train.module import PoseDistillModule, image_to_float
@@ -151,9 +152,10 @@ def train_variant(name: str, corpus: Corpus, steps: int, batch_size: int, seed: 
     start = time.monotonic()
     for _ in range(steps):
         idx = torch.from_numpy(rng.choice(len(p), batch_size, p=p))
-        batch = {k: train[k][idx] for k in ("kpts2d", "kpts3d", "visibility", "K_crop")}
-        batch["image"] = image_to_float(train["image"][idx])
-        mean_pose.update(batch["kpts3d"], batch["visibility"])
+        batch = Batch(image=image_to_float(train["image"][idx]), kpts2d=train["kpts2d"][idx],
+                      kpts3d=train["kpts3d"][idx], visibility=train["visibility"][idx],
+                      K_crop=train["K_crop"][idx])
+        mean_pose.update(batch.kpts3d, batch.visibility)
         if module.augment is not None:
             batch = module.augment(batch)
         loss = module.losses(batch)["loss"]

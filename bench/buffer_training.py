@@ -63,6 +63,7 @@ from bench.samples import fill, labelled_rows
 from data.dataset import BufferDataset
 from data.ring_buffer import RingBuffer
 from data.workers import ProducerPool, ProducerSettings
+from stream_pose.batch import Batch
 from stream_pose.runtime import set_torch_threads
 from train.module import PoseDistillModule
 from video_sources.local import LocalSource
@@ -70,8 +71,6 @@ from video_sources.local import LocalSource
 BUFFER, STATIC = "buffer", "static"
 TARGET = (">=", 0.9)  # buffer / static training samples/s (DESIGN.md)
 POOL_START_TIMEOUT_S = 120.0
-
-Batch = dict[str, torch.Tensor]
 
 
 def training_module() -> PoseDistillModule:
@@ -89,7 +88,7 @@ def training_module() -> PoseDistillModule:
 
 
 class StaticBatches(IterableDataset):
-    """Endless cycle over batches gathered beforehand (`dict[str, Tensor]`, `[B, ...]`)."""
+    """Endless cycle over batches gathered beforehand (`Batch`es, `[B, ...]`)."""
 
     def __init__(self, batches: list[Batch]):
         super().__init__()
@@ -142,8 +141,7 @@ def fit_steps(module: PoseDistillModule, loader: DataLoader, warmup_steps: int,
 def static_batches(buffer: RingBuffer, batch_size: int, count: int, seed: int) -> list[Batch]:
     """`count` batches drawn from `buffer` now, as training would draw them, held as tensors."""
     rng = np.random.default_rng(seed)
-    return [{k: torch.from_numpy(v) for k, v in buffer.sample(batch_size, rng).items()}
-            for _ in range(count)]
+    return [Batch.from_arrays(buffer.sample(batch_size, rng)) for _ in range(count)]
 
 
 def start_producer(video: Path, buffer: RingBuffer, max_side: int | None) -> ProducerPool:
@@ -155,7 +153,7 @@ def start_producer(video: Path, buffer: RingBuffer, max_side: int | None) -> Pro
     """
     source = functools.partial(LocalSource, [str(video)], loop=True, max_side=max_side)
     pool = ProducerPool(source, instantiate(load_conf("labeler", "mediapipe")), buffer,
-                        buffer.crop_size, settings=ProducerSettings(workers=1),
+                        settings=ProducerSettings(workers=1),
                         reads_per_overwrite=None)
     pool.start()
     deadline = time.monotonic() + POOL_START_TIMEOUT_S

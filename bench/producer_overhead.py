@@ -119,7 +119,7 @@ def _time_passes(source: Callable[[], LocalSource], frames: list[Frame], teacher
     passes: dict[str, list[LabelStats]] = {PRODUCER: [], SERIAL: []}
 
     def producer_pass(name: str, prefetch_frames: int) -> int:
-        stats = label_stream(source(), teacher, buffer, buffer.crop_size,
+        stats = label_stream(source(), teacher, buffer,
                              prefetch_frames=prefetch_frames)
         passes[name].append(stats.total)
         return stats.total.frames

@@ -137,7 +137,7 @@ def measure(workers: int, source: Callable[..., Any], teacher: Callable[[], Any]
     """
     settings = ProducerSettings(workers=workers, heartbeat_s=HEARTBEAT_S)
     with RingBuffer(capacity, training_crop_size(), shared=True) as buffer:
-        pool = ProducerPool(source, teacher, buffer, buffer.crop_size, settings=settings,
+        pool = ProducerPool(source, teacher, buffer, settings=settings,
                             reads_per_overwrite=None)
         pool.start()
         try:

@@ -35,7 +35,7 @@ def labelled_rows(video: Path, crop_size: int, max_side: int | None,
     teacher = mediapipe_teacher()
     with RingBuffer(MAX_STAGED, crop_size) as staging:
         try:
-            label_stream(source, teacher, staging, crop_size, max_samples=MAX_STAGED)
+            label_stream(source, teacher, staging, max_samples=MAX_STAGED)
         finally:
             teacher.close()
         if len(staging) == 0:

@@ -3,8 +3,10 @@
 - `data.ring_buffer`: `RingBuffer`, the preallocated sample store (process-local or shared memory).
 - `data.shared`: `SharedArrays`, numpy arrays in one shared-memory segment, and its lifecycle.
 - `data.storage`: raw and JPEG crop storage.
-- `data.producer`: `label_stream` (the labelling loop) and `Producer` (it, in a thread).
-- `data.workers`: `ProducerPool`, the labelling loop in supervised producer processes.
+- `data.producer`: `label_stream` (the labelling loop), `Producer` (it, in a thread) and
+  `StreamProducer`, the protocol the thread and the process pool share.
+- `data.workers`: `ProducerPool` (`data.workers.pool`, the parent side), the labelling loop in
+  supervised producer processes (`data.workers.worker`, the process side).
 - `data.augment`: `BatchAugment`, label-consistent augmentation on the training device.
 - `data.dataset`: `BufferDataset` (training batches) and `FrozenDataset` (validation).
 - `data.datamodule`: `StreamDataModule`, the Lightning wiring of all of the above.
@@ -18,6 +20,7 @@ from data.producer import (
     Producer,
     ProducerFailedError,
     ProducerStats,
+    StreamProducer,
     combine_stats,
     label_stream,
 )
@@ -40,6 +43,7 @@ __all__ = [
     "RingBuffer",
     "SharedArrays",
     "SharedMemoryTooSmallError",
+    "StreamProducer",
     "combine_stats",
     "label_stream",
 ]

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stream_pose.batch import Batch
 from stream_pose.skeleton import FLIP_PERM, JOINT_INDEX, NUM_JOINTS
-
-Batch = dict[str, Tensor]
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
@@ -54,14 +53,15 @@ def hflip(batch: Batch, mask: Tensor) -> Batch:
     identity.
 
     Args:
-        batch: `image` `[B, 3, S, S]`, `kpts2d` `[B, J, 2]` crop pixels, `kpts3d` `[B, J, 3]`,
-            `visibility` `[B, J]`, `K_crop` `[B, 3, 3]`; other keys pass through.
+        batch: `stream_pose.batch.Batch` (`image` `[B, 3, S, S]`, `kpts2d` `[B, J, 2]` crop
+            pixels, `kpts3d` `[B, J, 3]`, `visibility` `[B, J]`, `K_crop` `[B, 3, 3]`); the ids
+            pass through.
         mask: `[B]` bool, which samples to flip.
 
     Returns:
-        A new dict; the input tensors are not modified.
+        A new batch; the input tensors are not modified.
     """
-    image, k2, k3 = batch["image"], batch["kpts2d"], batch["kpts3d"]
+    image, k2, k3 = batch.image, batch.kpts2d, batch.kpts3d
     size = image.shape[-1]
     perm = torch.as_tensor(FLIP_PERM, device=k2.device)
     flipped_k2 = k2[:, perm].clone()
@@ -69,17 +69,17 @@ def hflip(batch: Batch, mask: Tensor) -> Batch:
     mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=k3.dtype, device=k3.device)
     A = torch.tensor(
         [[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-        dtype=batch["K_crop"].dtype, device=k3.device,
+        dtype=batch.K_crop.dtype, device=k3.device,
     )
     flipped = {
         "image": image.flip(-1),
         "kpts2d": flipped_k2,
         "kpts3d": k3[:, perm] * mirror,
-        "visibility": batch["visibility"][:, perm],
-        "K_crop": A @ batch["K_crop"] * mirror,  # A K D: D scales K's first column by -1
+        "visibility": batch.visibility[:, perm],
+        "K_crop": A @ batch.K_crop * mirror,  # A K D: D scales K's first column by -1
     }
     mask = mask.to(device=image.device, dtype=torch.bool)
-    return {**batch, **{k: _where(mask, v, batch[k]) for k, v in flipped.items()}}
+    return batch.replace(**{k: _where(mask, v, getattr(batch, k)) for k, v in flipped.items()})
 
 
 def rotate_scale_shift(batch: Batch, angle_rad: Tensor, scale: Tensor, shift_px: Tensor) -> Batch:
@@ -99,9 +99,9 @@ def rotate_scale_shift(batch: Batch, angle_rad: Tensor, scale: Tensor, shift_px:
         shift_px: `[B, 2]` crop pixels (x, y).
 
     Returns:
-        A new dict; the input tensors are not modified.
+        A new batch; the input tensors are not modified.
     """
-    image, k2 = batch["image"], batch["kpts2d"]
+    image, k2 = batch.image, batch.kpts2d
     size = image.shape[-1]
     angle_rad, scale, shift_px = (t.to(k2) for t in (angle_rad, scale, shift_px))
     centre = torch.full_like(shift_px, (size - 1) / 2.0)
@@ -112,14 +112,13 @@ def rotate_scale_shift(batch: Batch, angle_rad: Tensor, scale: Tensor, shift_px:
     rot3d[:, 2, 2] = 1.0
     new_k2 = k2 @ A[:, :2, :2].transpose(-1, -2) + A[:, None, :2, 2]  # [B, J, 2]
     inside = ((new_k2 >= 0) & (new_k2 <= size - 1)).all(-1)  # [B, J]
-    return {
-        **batch,
-        "image": _warp(image, A_inv),
-        "kpts2d": new_k2,
-        "kpts3d": batch["kpts3d"] @ rot3d.transpose(-1, -2),
-        "visibility": batch["visibility"] * inside.to(batch["visibility"].dtype),
-        "K_crop": A @ batch["K_crop"] @ rot3d.transpose(-1, -2),  # A K D^-1, D^-1 = D^T
-    }
+    return batch.replace(
+        image=_warp(image, A_inv),
+        kpts2d=new_k2,
+        kpts3d=batch.kpts3d @ rot3d.transpose(-1, -2),
+        visibility=batch.visibility * inside.to(batch.visibility.dtype),
+        K_crop=A @ batch.K_crop @ rot3d.transpose(-1, -2),  # A K D^-1, D^-1 = D^T
+    )
 
 
 def color_jitter(
@@ -188,9 +187,9 @@ def background_swap(batch: Batch, mask: Tensor) -> Batch:
         mask: `[B]` bool, which samples get a new background.
 
     Returns:
-        A new dict; only `image` changes.
+        A new batch; only `image` changes.
     """
-    image = batch["image"]
+    image = batch.image
     size = image.shape[-1]
     sel = mask.to(image.device).nonzero().flatten()
     if not len(sel):
@@ -198,13 +197,13 @@ def background_swap(batch: Batch, mask: Tensor) -> Batch:
     # The mask is drawn at 1/4 resolution (16x fewer distances) and upsampled: it is rough anyway.
     low = max(size // 4, 1)
     scale = low / size
-    person = skeleton_mask((batch["kpts2d"][sel] + 0.5) * scale - 0.5, batch["visibility"][sel],
+    person = skeleton_mask((batch.kpts2d[sel] + 0.5) * scale - 0.5, batch.visibility[sel],
                            low, SILHOUETTE_RADIUS * low)
     person = F.interpolate(person, size=(size, size), mode="bilinear", align_corners=False)
     background = image.roll(1, dims=0)[sel]
     out = image.clone()
     out[sel] = person * image[sel] + (1 - person) * background
-    return {**batch, "image": out}
+    return batch.replace(image=out)
 
 
 class BatchAugment(torch.nn.Module):
@@ -254,22 +253,22 @@ class BatchAugment(torch.nn.Module):
         self.background_swap_prob = background_swap_prob
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
-        """Augment `batch` (see `hflip` for its keys; `image` float `[B, 3, S, S]` in [0, 1]).
+        """Augment `batch` (see `hflip` for its fields; `image` float `[B, 3, S, S]` in [0, 1]).
 
         Args:
             batch: the training batch, on the training device.
             generator: random generator for reproducible draws (on any device).
 
         Returns:
-            A new dict with augmented tensors; keys that are not labels pass through.
+            A new batch with augmented tensors; the ids pass through.
 
         Raises:
-            ValueError: on missing keys, wrong shapes or a uint8 image.
+            ValueError: on wrong shapes or a uint8 image.
         """
         if not (self.enabled and self.training):
             return batch
         _check_batch(batch)
-        image = batch["image"]
+        image = batch.image
         n, size = image.shape[0], image.shape[-1]
 
         def uniform(*shape: int) -> Tensor:  # U[0, 1) drawn on the generator's device
@@ -287,7 +286,7 @@ class BatchAugment(torch.nn.Module):
             out = background_swap(out, uniform(n) < self.background_swap_prob)
         if self.color_jitter > 0:
             b, c, s = (1 + (2 * uniform(n) - 1) * self.color_jitter for _ in range(3))
-            out["image"] = color_jitter(out["image"], b, c, s)
+            out = out.replace(image=color_jitter(out.image, b, c, s))
         return out
 
 
@@ -334,14 +333,12 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
 def _check_batch(batch: Batch) -> None:
     shapes = {"kpts2d": (NUM_JOINTS, 2), "kpts3d": (NUM_JOINTS, 3), "visibility": (NUM_JOINTS,),
               "K_crop": (3, 3)}
-    missing = [k for k in ("image", *shapes) if k not in batch]
-    if missing:
-        raise ValueError(f"batch lacks {missing}")
-    image = batch["image"]
+    image = batch.image
     if image.dim() != 4 or image.shape[1] != 3 or image.shape[2] != image.shape[3]:
         raise ValueError(f"image must be [B, 3, S, S], got {tuple(image.shape)}")
     if not image.is_floating_point():
         raise ValueError(f"image must be float in [0, 1], got {image.dtype}; convert uint8 first")
     for key, shape in shapes.items():
-        if tuple(batch[key].shape) != (image.shape[0], *shape):
-            raise ValueError(f"{key} must be [B, {shape}], got {tuple(batch[key].shape)}")
+        value = getattr(batch, key)
+        if tuple(value.shape) != (image.shape[0], *shape):
+            raise ValueError(f"{key} must be [B, {shape}], got {tuple(value.shape)}")

@@ -35,12 +35,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from data.dataset import BufferDataset, FrozenDataset
-from data.producer import Producer, ProducerFailedError, ProducerStats, label_stream
+from data.producer import (
+    Producer,
+    ProducerFailedError,
+    ProducerStats,
+    StreamProducer,
+    label_stream,
+)
 from data.ring_buffer import BufferStarvedError, RingBuffer, buffer_layout
 from data.shared import check_free_space, layout_nbytes
 from data.storage import make_storage
 from data.workers import ProducerPool, ProducerSettings, shard_kwargs, worker_shard
 from labeler.base import Teacher
+from stream_pose.batch import Batch
 from video_sources.base import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -128,7 +135,7 @@ class StreamDataModule(L.LightningDataModule):
         self.producer_settings = producer or ProducerSettings(workers=0)
         self.loader_workers = loader_workers
         self._buffer: RingBuffer | None = None
-        self._producer: Producer | ProducerPool | None = None
+        self._producer: StreamProducer | None = None
         self._train_dataset: BufferDataset | None = None
         self._val_set: dict[str, np.ndarray] | None = None
         self._val_video_ids: list[str] = []
@@ -210,7 +217,8 @@ class StreamDataModule(L.LightningDataModule):
         dataset = FrozenDataset(_pad_invisible(self._val_set, world_size))
         sampler = None if world_size == 1 else DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0,
+                          collate_fn=Batch.collate)
 
     def state_dict(self) -> dict[str, Any]:
         """The training stream's cursor, for checkpoints: the videos used so far (metadata only).
@@ -248,7 +256,7 @@ class StreamDataModule(L.LightningDataModule):
                     "buffer is not in checkpoints (it holds crops) and refills from the stream",
                     len(self._skip_ids()))
 
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Fail the step once the producers have failed for good (see `check_producers`)."""
         self.check_producers()
         return batch
@@ -286,6 +294,11 @@ class StreamDataModule(L.LightningDataModule):
         return self._buffer
 
     @property
+    def producer(self) -> StreamProducer | None:
+        """The training stream's producer, a thread or a process pool (None before setup)."""
+        return self._producer
+
+    @property
     def producer_stats(self) -> ProducerStats | None:
         """A copy of the producer's live counters (None before setup)."""
         return None if self._producer is None else self._producer.stats
@@ -293,12 +306,12 @@ class StreamDataModule(L.LightningDataModule):
     @property
     def producer_restarts(self) -> int:
         """Producer processes restarted after dying (0 for a thread, or before setup)."""
-        return getattr(self._producer, "restarts", 0)
+        return 0 if self._producer is None else self._producer.restarts
 
     @property
     def producer_stalls(self) -> int:
         """Producer processes killed for making no progress (0 for a thread, or before setup)."""
-        return getattr(self._producer, "stalls", 0)
+        return 0 if self._producer is None else self._producer.stalls
 
     @property
     def skipped_videos(self) -> list[tuple[str, str]]:
@@ -352,7 +365,7 @@ class StreamDataModule(L.LightningDataModule):
             teacher = self._teacher_factory()
             closing.callback(teacher.close)
             stats = label_stream(
-                source, teacher, buffer, self.crop_size, max_samples=self.val_max_samples
+                source, teacher, buffer, max_samples=self.val_max_samples
             )
         src = stats.source_stats
         self._val_skipped = ([] if src is None else [tuple(x) for x in src.skipped]) + [
@@ -385,7 +398,7 @@ class StreamDataModule(L.LightningDataModule):
         if overlap:
             logger.warning("videos in both train and val splits: %s", sorted(overlap))
 
-    def _make_producer(self) -> Producer | ProducerPool:
+    def _make_producer(self) -> StreamProducer:
         """Producer processes, or the in-process thread (`workers=0`), on this rank's shard."""
         rank, world_size = self._rank()
         factory, skip = self._source_factory, self._skip_ids()
@@ -393,12 +406,12 @@ class StreamDataModule(L.LightningDataModule):
             factory = functools.partial(factory, skip_ids=skip)
         if self.producer_settings.workers > 0:
             return ProducerPool(
-                factory, self._teacher_factory, self._buffer, self.crop_size,
+                factory, self._teacher_factory, self._buffer,
                 settings=self.producer_settings, rank=rank, world_size=world_size,
                 reads_per_overwrite=self.reads_per_overwrite,
             )
         source = factory(split="train", **shard_kwargs(rank, world_size))
-        return Producer(source, self._teacher_factory, self._buffer, self.crop_size,
+        return Producer(source, self._teacher_factory, self._buffer,
                         reads_per_overwrite=self.reads_per_overwrite)
 
     def _rank(self) -> tuple[int, int]:
@@ -415,13 +428,11 @@ class StreamDataModule(L.LightningDataModule):
         if self._producer is None:
             return {}
         rank, world_size = self._rank()
-        if isinstance(self._producer, ProducerPool):
-            if not self._producer.refresh_stats():
-                logger.warning("a producer did not report in time: its latest videos may be "
-                               "missing from the checkpoint's list")
-            workers, stats = self.producer_settings.workers, self._producer.worker_stats()
-        else:
-            workers, stats = 1, [self._producer.stats]
+        if not self._producer.refresh_stats():
+            logger.warning("a producer did not report in time: its latest videos may be "
+                           "missing from the checkpoint's list")
+        stats = self._producer.worker_stats()
+        workers = len(stats)
         return {"%d/%d" % worker_shard(rank, w, workers, world_size): list(s.per_video)
                 for w, s in enumerate(stats)}
 

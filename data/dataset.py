@@ -1,8 +1,9 @@
 """Thin torch datasets over the ring buffer (training) and over a frozen snapshot (validation).
 
-Legend: B batch, J = 27 joints, S crop side. Fields are `data.ring_buffer.OUTPUT_FIELDS`, with
-the dtypes of `data.ring_buffer.buffer_layout`; `image` stays uint8 `[.., 3, S, S]` and becomes
-float only on the training device.
+Legend: B batch, J = 27 joints, S crop side. Both yield `stream_pose.batch.Batch`es (the
+frozen set through `Batch.collate`), whose fields are `data.ring_buffer.OUTPUT_FIELDS` with the
+dtypes of `data.ring_buffer.buffer_layout`; `image` stays uint8 `[.., 3, S, S]` and becomes float
+only on the training device.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from data.ring_buffer import RingBuffer
-
-# What a model needs from a sample; the id fields ride along for telemetry and debugging.
-REQUIRED_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop")
+from stream_pose.batch import LABEL_FIELDS, Batch
 
 
 class BufferDataset(IterableDataset):
@@ -60,7 +59,7 @@ class BufferDataset(IterableDataset):
         return 1000.0 * self.sample_s / self.batches if self.batches else 0.0
 
     def __iter__(self):
-        """Yield `dict[str, Tensor]` batches, each field `[B, ...]`, forever.
+        """Yield `Batch`es, each field `[B, ...]`, forever.
 
         Raises:
             data.ring_buffer.EmptyBufferError: if the buffer is empty (wait for it first).
@@ -74,13 +73,14 @@ class BufferDataset(IterableDataset):
             rows = self.buffer.sample(self.batch_size, rng, self.video_balance)
             self.sample_s += time.perf_counter() - t0
             self.batches += 1
-            yield {k: torch.from_numpy(v) for k, v in rows.items()}
+            yield Batch.from_arrays(rows)
 
 
 class FrozenDataset(Dataset):
     """Single samples from a frozen snapshot (`RingBuffer.snapshot()`), for validation.
 
-    Items are `dict[str, Tensor]` without the batch dimension; a normal DataLoader batches them.
+    Items are `dict[str, Tensor]` (the `Batch` fields) without the batch dimension; a
+    DataLoader with `collate_fn=Batch.collate` batches them into `Batch`es.
 
     Args:
         arrays: fields `[N, ...]` as `RingBuffer.snapshot()` returns them.
@@ -90,7 +90,7 @@ class FrozenDataset(Dataset):
     """
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        missing = [k for k in REQUIRED_FIELDS if k not in arrays]
+        missing = [k for k in LABEL_FIELDS if k not in arrays]
         if missing:
             raise ValueError(f"snapshot lacks {missing}")
         lengths = {k: len(v) for k, v in arrays.items()}

@@ -2,7 +2,8 @@
 
 `label_stream` is the synchronous loop (used by `pipeline.py --dry-run` and to build the frozen
 validation set); `Producer` runs it in a daemon thread beside the trainer, and
-`data.workers.ProducerPool` in spawned processes. One bad frame or video never ends the stream:
+`data.workers.ProducerPool` in spawned processes. Both are `StreamProducer`s, the one interface
+the DataModule, the callbacks and the benchmarks use. One bad frame or video never ends the stream:
 teacher errors are logged (rate-limited), counted and skipped. Only a `TeacherUnavailableError`
 is fatal. The source is iterated a few frames ahead in a background thread (`data.prefetch`), so
 that decoding overlaps the teacher.
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Generator, Iterable, Iterator
+from typing import Callable, ContextManager, Generator, Iterable, Iterator, Protocol
 
 from data.prefetch import PrefetchIterator
 from data.ring_buffer import RingBuffer
@@ -135,6 +136,52 @@ class ProducerStats:
         )
 
 
+class StreamProducer(Protocol):
+    """What keeps the training buffer filled: `Producer` (a thread) or `ProducerPool` (processes).
+
+    `StreamDataModule` starts one, waits on `failure_reason`, reads its counters for telemetry
+    and checkpoints, and stops it; nothing else may be assumed of it.
+    """
+
+    def start(self) -> None:
+        """Start labelling into the buffer (once; a second call raises `RuntimeError`)."""
+
+    def stop(self) -> None:
+        """Stop labelling and release the sources and teachers; idempotent."""
+
+    @property
+    def is_alive(self) -> bool:
+        """True while some labelling thread or process runs."""
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended labelling for good, if one did."""
+
+    @property
+    def stats(self) -> ProducerStats:
+        """All counters combined (a copy)."""
+
+    @property
+    def restarts(self) -> int:
+        """Labelling processes restarted after dying (always 0 for a thread)."""
+
+    @property
+    def stalls(self) -> int:
+        """Of those, processes killed for making no progress (always 0 for a thread)."""
+
+    def worker_stats(self) -> list[ProducerStats]:
+        """Counters of each worker, in worker order (a worker labels shard
+        `data.workers.worker_shard(rank, w, len(list), world_size)`); copies."""
+
+    def refresh_stats(self, timeout_s: float = 5.0) -> bool:
+        """Bring `stats` and `worker_stats` up to date now, waiting at most `timeout_s`;
+        False when some worker did not answer in time."""
+
+    def failure_reason(self) -> str | None:
+        """Why no more samples will come (crash, the stream ran out), or None while it runs
+        (or was stopped); meant as `RingBuffer.wait_for(abort=...)`."""
+
+
 def combine_stats(parts: Iterable[ProducerStats]) -> ProducerStats:
     """One `ProducerStats` for several producers (or several runs of one), in the given order.
 
@@ -178,7 +225,6 @@ def label_stream(
     source: VideoSource,
     teacher: Teacher,
     buffer: RingBuffer,
-    crop_size: int,
     *,
     stop: threading.Event | None = None,
     stats: ProducerStats | None = None,
@@ -195,8 +241,8 @@ def label_stream(
     Args:
         source: frames, video after video.
         teacher: labels one frame at a time.
-        buffer: where the crops go; its `crop_size` must equal `crop_size`.
-        crop_size: crop side S in pixels.
+        buffer: where the crops go; crops are cut to its side `buffer.crop_size` (S pixels),
+            the one owner of that setting.
         stop: when set (anything with `is_set()`), the loop returns after the current frame.
         stats: counters to add to (a `Producer` passes its live ones); default: new ones.
         max_samples: return once this call has pushed at least this many samples.
@@ -213,11 +259,9 @@ def label_stream(
 
     Raises:
         TeacherUnavailableError: the teacher cannot run at all.
-        ValueError: if `crop_size` differs from the buffer's, or prefetch_frames < 0.
+        ValueError: if prefetch_frames < 0.
         Whatever the source raises (re-raised in this thread when it decodes ahead).
     """
-    if crop_size != buffer.crop_size:
-        raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
     prefetch_frames = default_prefetch(source) if prefetch_frames is None else prefetch_frames
     if prefetch_frames < 0:
         raise ValueError(f"prefetch_frames must be >= 0, got {prefetch_frames}")
@@ -236,7 +280,7 @@ def label_stream(
                 video = _start_video(frame, teacher, stats)
             video.last_index = frame.index
             if not video.skip:
-                _label_frame(frame, teacher, buffer, crop_size, video, stats)
+                _label_frame(frame, teacher, buffer, video, stats)
             now = time.perf_counter()
             _count((video.stats, stats.total), wall_s=now - tick, source_wait_s=waited)
             tick = now
@@ -295,7 +339,6 @@ def _label_frame(
     frame: Frame,
     teacher: Teacher,
     buffer: RingBuffer,
-    crop_size: int,
     video: _VideoState,
     stats: ProducerStats,
 ) -> None:
@@ -315,7 +358,7 @@ def _label_frame(
         return
     t1 = time.perf_counter()
     video.successes += 1
-    pushed, rejected = _push_crops(frame, labels, buffer, crop_size)
+    pushed, rejected = _push_crops(frame, labels, buffer)
     _count(
         counters,
         frames=1,
@@ -330,13 +373,14 @@ def _label_frame(
 
 
 def _push_crops(
-    frame: Frame, labels: list[PersonLabel], buffer: RingBuffer, crop_size: int
+    frame: Frame, labels: list[PersonLabel], buffer: RingBuffer
 ) -> tuple[int, int]:
-    """Crop every labelled person into the buffer; returns (pushed, rejected)."""
+    """Crop every labelled person to `buffer.crop_size` into the buffer; returns
+    (pushed, rejected)."""
     pushed = rejected = 0
     for label in labels:
         try:
-            sample = crop_sample(frame, label, crop_size)
+            sample = crop_sample(frame, label, buffer.crop_size)
         except ValueError as exc:  # degenerate box: nothing to crop
             _log_rejected(frame, exc)
             rejected += 1
@@ -388,17 +432,14 @@ class Producer:
     The teacher is built inside the thread by `teacher_factory` (one teacher per producer:
     MediaPipe's graph is not thread-safe). The thread closes the teacher and the source when it
     ends, whatever the reason. `data.workers.ProducerPool` is the same in processes;
-    `producer.workers=0` picks this one (debugging, fast tests).
+    `producer.workers=0` picks this one (debugging, fast tests). A `StreamProducer`: one worker,
+    never restarted, whose counters are always current.
 
     Args:
         source: the frames to label; iterated and closed by the thread.
         teacher_factory: makes the teacher, e.g. a Hydra `_partial_` of a teacher class.
-        buffer: where the crops go.
-        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        buffer: where the crops go; it sets the crop side (`buffer.crop_size`).
         reads_per_overwrite: pacing against the trainer (see `label_stream`); None: never wait.
-
-    Raises:
-        ValueError: if `crop_size` differs from the buffer's.
     """
 
     def __init__(
@@ -406,13 +447,10 @@ class Producer:
         source: VideoSource,
         teacher_factory: Callable[[], Teacher],
         buffer: RingBuffer,
-        crop_size: int,
         reads_per_overwrite: float | None = None,
     ):
-        if crop_size != buffer.crop_size:
-            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
         self._source, self._teacher_factory = source, teacher_factory
-        self._buffer, self._crop_size = buffer, crop_size
+        self._buffer = buffer
         self._reads_per_overwrite = reads_per_overwrite
         self._stop = threading.Event()
         self._stats = ProducerStats()
@@ -463,6 +501,24 @@ class Producer:
         """A copy of the live counters, taken without stopping the thread."""
         return self._stats.copy()
 
+    @property
+    def restarts(self) -> int:
+        """Always 0: a thread is not restarted."""
+        return 0
+
+    @property
+    def stalls(self) -> int:
+        """Always 0: a thread is not supervised for progress."""
+        return 0
+
+    def worker_stats(self) -> list[ProducerStats]:
+        """`[stats]`: the thread is the only worker."""
+        return [self.stats]
+
+    def refresh_stats(self, timeout_s: float = 5.0) -> bool:
+        """True at once: the thread's counters are always current."""
+        return True
+
     def failure_reason(self) -> str | None:
         """Why no more samples will come, or None while the producer runs (or was stopped).
 
@@ -483,7 +539,7 @@ class Producer:
         try:
             teacher = self._teacher_factory()
             label_stream(
-                self._source, teacher, self._buffer, self._crop_size,
+                self._source, teacher, self._buffer,
                 stop=self._stop, stats=self._stats, reads_per_overwrite=self._reads_per_overwrite,
             )
             logger.info("producer finished: %d frames, %d samples",

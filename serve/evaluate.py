@@ -126,8 +126,8 @@ def measure(
     mean = mean_pose.mean()  # [J, 3]
     student, baseline = PoseErrorMetric(), PoseErrorMetric()
     for batch in loader:
-        gt, vis = batch["kpts3d"], batch["visibility"]
-        pred = net(image_to_float(batch["image"].to(device))).kpts3d.cpu()
+        gt, vis = batch.kpts3d, batch.visibility
+        pred = net(image_to_float(batch.image.to(device))).kpts3d.cpu()
         student.update(pred, gt, vis)
         baseline.update(mean.expand_as(gt), gt, vis)
     return student.compute(), baseline.compute()

@@ -243,12 +243,12 @@ def test_static_batches_are_drawn_from_the_buffer():
     with RingBuffer(8, 16) as buffer:
         fill(buffer, rows, 8)
         batches = static_batches(buffer, 3, 4, seed=0)
-    assert len(batches) == 4 and all(b["image"].shape == (3, 3, 16, 16) for b in batches)
+    assert len(batches) == 4 and all(b.image.shape == (3, 3, 16, 16) for b in batches)
     # every row is one of the pushed samples: frame indices 0..7, crops from the 5 rows
-    frames = torch.cat([b["frame_index"] for b in batches])
+    frames = torch.cat([b.frame_index for b in batches])
     assert frames.min() >= 0 and frames.max() < 8
     for b in batches:
-        for image, frame in zip(b["image"], b["frame_index"]):
+        for image, frame in zip(b.image, b.frame_index):
             assert torch.equal(image, torch.from_numpy(rows["image"][int(frame) % 5]))
     cycled = iter(StaticBatches(batches))
     assert [next(cycled) is b for b in batches * 2] == [True] * 8

@@ -99,7 +99,7 @@ def test_comotion_code_labels_frames_from_memory_into_the_buffer(comotion_packag
     source = LocalSource([VIDEOS / "basketball_multi.mp4"], split="all", max_frames=FRAMES)
     buffer = RingBuffer(capacity=256, crop_size=64)
 
-    stats = label_stream(source, teacher, buffer, crop_size=64)
+    stats = label_stream(source, teacher, buffer)
     teacher.close()
 
     assert stats.total.frames == FRAMES and stats.total.errors == 0

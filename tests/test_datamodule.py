@@ -137,7 +137,7 @@ def test_a_finite_stream_finishes_labelling_and_training_goes_on_with_all_cores(
             time.sleep(0.01)
         assert dm.labelling_finished and dm.producer_stats.total.samples_pushed == 48
         dm.check_producers()  # a clean end is no failure: batches keep coming from the buffer
-        assert next(loader)["image"].shape[0] == 8
+        assert next(loader).image.shape[0] == 8
         torch.set_num_threads(1)
         trainer = type("Trainer", (), {"datamodule": dm, "global_step": 100, "world_size": 1})
         callback = ReclaimProducerCores(threads=2, every_n_steps=50)
@@ -167,12 +167,12 @@ def test_loaders_give_batches_of_the_right_shapes_and_dtypes():
     finally:
         dm.close()
     for batch, n in ((train, 8), (val[0], 8)):
-        assert batch["image"].shape == (n, 3, S, S) and batch["image"].dtype == torch.uint8
-        assert batch["kpts2d"].shape == (n, 27, 2) and batch["kpts2d"].dtype == torch.float32
-        assert batch["kpts3d"].shape == (n, 27, 3) and batch["visibility"].shape == (n, 27)
-        assert batch["K_crop"].shape == (n, 3, 3) and batch["video_key"].dtype == torch.int64
-    assert [len(b["image"]) for b in val] == [8, 2]
-    assert torch.all(train["kpts3d"][:, 0] == 0)  # pelvis-relative targets
+        assert batch.image.shape == (n, 3, S, S) and batch.image.dtype == torch.uint8
+        assert batch.kpts2d.shape == (n, 27, 2) and batch.kpts2d.dtype == torch.float32
+        assert batch.kpts3d.shape == (n, 27, 3) and batch.visibility.shape == (n, 27)
+        assert batch.K_crop.shape == (n, 3, 3) and batch.video_key.dtype == torch.int64
+    assert [len(b.image) for b in val] == [8, 2]
+    assert torch.all(train.kpts3d[:, 0] == 0)  # pelvis-relative targets
     assert dm.train_dataset.batches == 1 and dm.buffer.stats().samples_read == 8
 
 
@@ -236,14 +236,14 @@ class _TinyModule(L.LightningModule):
         self.val_rows = 0
 
     def _loss(self, batch):
-        feats = batch["image"].float().mean(dim=(-2, -1)) / 255  # [B, 3]
-        return torch.nn.functional.mse_loss(self.net(feats).view(-1, 27, 3), batch["kpts3d"])
+        feats = batch.image.float().mean(dim=(-2, -1)) / 255  # [B, 3]
+        return torch.nn.functional.mse_loss(self.net(feats).view(-1, 27, 3), batch.kpts3d)
 
     def training_step(self, batch, _):
         return self._loss(batch)
 
     def validation_step(self, batch, _):
-        self.val_rows += len(batch["image"])
+        self.val_rows += len(batch.image)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -278,7 +278,7 @@ def test_synthetic_source_and_oracle_teacher():
     finally:
         dm.close()
     assert dm.val_video_ids and not set(dm.val_video_ids) & set(dm.train_video_ids_seen)
-    assert batch["image"].shape == (4, 3, S, S) and torch.all(batch["kpts3d"][:, 0] == 0)
+    assert batch.image.shape == (4, 3, S, S) and torch.all(batch.kpts3d[:, 0] == 0)
 
 
 @pytest.mark.skipif(
@@ -300,7 +300,7 @@ def test_real_footage_is_split_by_video():
         dm.close()
     assert dm.val_video_ids == ["street_short"]
     assert dm.train_video_ids_seen == ["posetrack_short"]
-    assert len(batch["image"]) == 5 and batch["image"].float().std() > 0  # real pixels
+    assert len(batch.image) == 5 and batch.image.float().std() > 0  # real pixels
 
 
 # --- producer processes and the shared buffer ---------------------------------------------------
@@ -336,8 +336,8 @@ def test_producer_processes_fill_a_shared_jpeg_buffer_and_close_it():
         dm.close()
     stats = dm.buffer.stats()  # final counters survive the close
     assert stats.storage == "jpeg" and stats.pushed >= 16 and stats.samples_read == 4
-    assert batch["image"].shape == (4, 3, S, S) and batch["image"].dtype == torch.uint8
-    assert torch.all(batch["kpts3d"][:, 0] == 0) and dm.producer_restarts == 0
+    assert batch.image.shape == (4, 3, S, S) and batch.image.dtype == torch.uint8
+    assert torch.all(batch.kpts3d[:, 0] == 0) and dm.producer_restarts == 0
     assert dm.train_video_ids_seen and not set(dm.train_video_ids_seen) & set(dm.val_video_ids)
 
 
@@ -354,7 +354,25 @@ def test_dataloader_worker_processes_sample_the_shared_buffer():
         stats = dm.buffer.stats()
     finally:
         dm.close()
-    assert dm.buffer.shared and all(b["image"].shape == (4, 3, S, S) for b in batches)
+    assert dm.buffer.shared and all(b.image.shape == (4, 3, S, S) for b in batches)
     assert stats.samples_read >= 24  # counted in the buffer's shared counters
-    rows = [tuple(b["frame_index"].tolist()) + tuple(b["video_key"].tolist()) for b in batches]
+    rows = [tuple(b.frame_index.tolist()) + tuple(b.video_key.tolist()) for b in batches]
     assert len(set(rows)) == len(rows)  # each worker draws its own random stream
+
+
+def test_a_batch_moves_as_one_typed_object():
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from stream_pose.batch import Batch
+
+    rows = {"image": np.zeros((2, 3, 4, 4), np.uint8), "kpts2d": np.zeros((2, 27, 2), np.float32),
+            "kpts3d": np.zeros((2, 27, 3), np.float32), "visibility": np.ones((2, 27), np.float32),
+            "K_crop": np.zeros((2, 3, 3), np.float32), "video_key": np.arange(2)}
+    batch = Batch.from_arrays(rows)
+    assert len(batch) == 2 and batch.writer is None and batch.image.dtype == torch.uint8
+    moved = move_data_to_device(batch, torch.device("cpu"))  # what Lightning's transfer does
+    assert isinstance(moved, Batch) and torch.equal(moved.video_key, batch.video_key)
+    items = [{k: torch.as_tensor(v[i]) for k, v in rows.items()} for i in range(2)]
+    assert torch.equal(Batch.collate(items).kpts3d, batch.kpts3d)
+    with pytest.raises(ValueError, match="missing"):
+        Batch.from_arrays({"image": rows["image"]})

@@ -128,18 +128,18 @@ def _val_set_ranks(world_size: int):
 def _pooled(batches, metric=None) -> PoseErrorMetric:
     metric = metric or PoseErrorMetric()
     for b in batches:
-        pred = b["kpts3d"] + 0.05 * torch.sin(7.0 * b["kpts3d"])  # per sample, not a similarity
-        metric.update(pred, b["kpts3d"], b["visibility"])
+        pred = b.kpts3d + 0.05 * torch.sin(7.0 * b.kpts3d)  # per sample, not a similarity
+        metric.update(pred, b.kpts3d, b.visibility)
     return metric
 
 
 def test_val_shards_are_padded_invisibly_and_sum_to_the_whole_set():
     (whole,), (rank0, rank1) = _val_set_ranks(1), _val_set_ranks(2)
-    n = sum(len(b["image"]) for b in whole)
+    n = sum(len(b.image) for b in whole)
     assert n == VAL_SAMPLES
-    sizes = [sum(len(b["image"]) for b in shard) for shard in (rank0, rank1)]
+    sizes = [sum(len(b.image) for b in shard) for shard in (rank0, rank1)]
     assert sizes == [(n + 1) // 2] * 2 and len(rank0) == len(rank1)  # same batches per rank
-    pad = rank1[-1]["visibility"][-1]
+    pad = rank1[-1].visibility[-1]
     assert pad.sum() == 0  # the one padding sample counts nowhere
     summed = _pooled(rank0)
     _pooled(rank1, summed)  # states add up, as torchmetrics sums them across ranks

@@ -104,7 +104,7 @@ def test_a_producer_that_reports_but_makes_no_progress_is_restarted(caplog):
                                 stall_timeout_s=2.0, startup_timeout_s=120.0)
     with TrickleServer(every_s=0.5) as server, RingBuffer(64, 32, shared=True) as buffer:
         pool = ProducerPool(functools.partial(_pool_source, server.url), OracleTeacher, buffer,
-                            32, settings=settings)
+                            settings=settings)
         with caplog.at_level(logging.WARNING, logger="data.workers"), pool:
             deadline = time.monotonic() + 90
             while pool.error is None and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.ring_buffer import BufferStats
+from stream_pose.batch import Batch
 from train.callbacks import CheckpointOnException, stream_telemetry
 from train.module import PoseDistillModule, masked_l1
 from train.student import PoseStudent
@@ -30,28 +31,28 @@ def _batch(b=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     kpts3d = 0.3 * torch.randn(b, 27, 3, generator=g)
     kpts3d[:, 0] = 0
-    return {
-        "image": torch.randint(0, 256, (b, 3, S, S), generator=g, dtype=torch.uint8),
-        "kpts2d": torch.rand(b, 27, 2, generator=g) * (S - 1),
-        "kpts3d": kpts3d,
-        "visibility": (torch.rand(b, 27, generator=g) > 0.2).float(),
-        "K_crop": torch.eye(3).expand(b, 3, 3).clone(),
-    }
+    return Batch(
+        image=torch.randint(0, 256, (b, 3, S, S), generator=g, dtype=torch.uint8),
+        kpts2d=torch.rand(b, 27, 2, generator=g) * (S - 1),
+        kpts3d=kpts3d,
+        visibility=(torch.rand(b, 27, generator=g) > 0.2).float(),
+        K_crop=torch.eye(3).expand(b, 3, 3).clone(),
+    )
 
 
 def _float(batch):
-    return {**batch, "image": batch["image"].float() / 255}
+    return batch.replace(image=batch.image.float() / 255)
 
 
 def test_uint8_images_become_float_in_unit_range():
     batch = _module().on_after_batch_transfer(_batch(), 0)
-    assert batch["image"].dtype == torch.float32
-    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
-    assert batch["image"].max() > 0.9  # divided by 255, not clipped
+    assert batch.image.dtype == torch.float32
+    assert 0 <= batch.image.min() and batch.image.max() <= 1
+    assert batch.image.max() > 0.9  # divided by 255, not clipped
 
 
 def test_forward_shapes():
-    out = _module()(_float(_batch(4))["image"])
+    out = _module()(_float(_batch(4)).image)
     assert out.kpts3d.shape == (4, 27, 3) and out.kpts2d.shape == (4, 27, 2)
 
 
@@ -66,15 +67,15 @@ def test_masked_l1_counts_visible_coordinates_only():
 def test_masked_joints_do_not_affect_the_loss():
     module = _module().eval()
     batch = _float(_batch())
-    corrupted = {k: v.clone() for k, v in batch.items()}
-    hidden = batch["visibility"] == 0
-    corrupted["kpts3d"][hidden] = 50.0
-    corrupted["kpts2d"][hidden] = -1e4
+    corrupted = Batch(**{k: v.clone() for k, v in batch.fields().items()})
+    hidden = batch.visibility == 0
+    corrupted.kpts3d[hidden] = 50.0
+    corrupted.kpts2d[hidden] = -1e4
     with torch.no_grad():
         a, b = module.losses(batch), module.losses(corrupted)
     for key in ("loss", "loss_3d", "loss_2d", "mpjpe"):
         torch.testing.assert_close(a[key], b[key])
-    corrupted["kpts3d"][~hidden] += 1.0  # the same change on visible joints must show
+    corrupted.kpts3d[~hidden] += 1.0  # the same change on visible joints must show
     with torch.no_grad():
         assert module.losses(corrupted)["loss_3d"] > a["loss_3d"] + 0.5
 
@@ -98,7 +99,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch():
 def test_mean_pose_baseline_sees_targets_before_augmentation():
     class ShiftLabels(torch.nn.Module):  # stands in for an augmentation that moves targets
         def forward(self, batch):
-            return {**batch, "kpts3d": batch["kpts3d"] + 10.0}
+            return batch.replace(kpts3d=batch.kpts3d + 10.0)
 
     module = _module(augment=ShiftLabels())
     batch = _float(_batch(4))
@@ -133,10 +134,10 @@ def test_validation_pools_errors_over_all_visible_joints(tmp_path):
         assert key in metrics and torch.isfinite(metrics[key])
     module.eval()
     with torch.no_grad():
-        cat = {k: torch.cat([v[k] for v in val]) for k in val[0]}
-        pred = module(_float(cat)["image"]).kpts3d
-    err = (pred - cat["kpts3d"]).norm(dim=-1)
-    pooled = 1000 * (err * cat["visibility"]).sum() / cat["visibility"].sum()
+        cat = Batch(**{k: torch.cat([v.fields()[k] for v in val]) for k in val[0].fields()})
+        pred = module(_float(cat).image).kpts3d
+    err = (pred - cat.kpts3d).norm(dim=-1)
+    pooled = 1000 * (err * cat.visibility).sum() / cat.visibility.sum()
     assert metrics["val/mpjpe_mm"].item() == pytest.approx(pooled.item(), rel=1e-4)
     assert metrics["val/pa_mpjpe_mm"] <= metrics["val/mpjpe_mm"]
 
@@ -178,11 +179,14 @@ def test_stream_telemetry_reads_buffer_and_producer_counters():
                         reads_per_sample=4.0)
     dm = SimpleNamespace(
         buffer=SimpleNamespace(stats=lambda: stats),
-        producer_stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5, frames=30)),
+        producer=SimpleNamespace(stats=SimpleNamespace(total=SimpleNamespace(teacher_fps=12.5,
+                                                                             frames=30)),
+                                 restarts=1, stalls=0),
     )
     assert stream_telemetry(dm) == {"buffer/fill": 0.5, "buffer/reads_per_sample": 4.0,
                                     "buffer/pushed": 5.0, "producer/teacher_fps": 12.5,
                                     "buffer/overwritten": 0.0, "buffer/samples_read": 20.0,
                                     "buffer/wait_s": 0.0, "buffer/bytes_per_sample": 0.0,
-                                    "producer/frames": 30.0}
-    assert stream_telemetry(SimpleNamespace(buffer=None, producer_stats=None)) == {}
+                                    "producer/frames": 30.0, "producer/restarts": 1.0,
+                                    "producer/stalls": 0.0}
+    assert stream_telemetry(SimpleNamespace(buffer=None, producer=None)) == {}

@@ -96,7 +96,7 @@ class FakeTeacher:
 def test_stats_per_video_and_total():
     source, teacher = FakeSource([("a", 3), ("b", 5)]), FakeTeacher(persons=2)
     buffer = RingBuffer(100, S)
-    stats = label_stream(source, teacher, buffer, S)
+    stats = label_stream(source, teacher, buffer)
     assert list(stats.per_video) == ["a", "b"]
     a, b, total = stats.per_video["a"], stats.per_video["b"], stats.total
     assert (a.frames, a.persons, a.samples_pushed) == (3, 6, 6)
@@ -115,7 +115,7 @@ def test_stats_per_video_and_total():
 
 def test_teacher_is_reset_before_every_video_including_loops():
     teacher = FakeTeacher()
-    label_stream(FakeSource([("a", 3), ("b", 2)], repeats=2), teacher, RingBuffer(50, S), S)
+    label_stream(FakeSource([("a", 3), ("b", 2)], repeats=2), teacher, RingBuffer(50, S))
     resets = [i for i, e in enumerate(teacher.events) if e == ("reset",)]
     assert len(resets) == 4  # a, b, a, b
     firsts = [i for i, e in enumerate(teacher.events) if e[0] == "label" and e[2] == 0]
@@ -124,7 +124,7 @@ def test_teacher_is_reset_before_every_video_including_loops():
 
 def test_a_single_looped_video_is_reset_each_pass():
     teacher = FakeTeacher()
-    stats = label_stream(FakeSource([("only", 4)], repeats=3), teacher, RingBuffer(50, S), S)
+    stats = label_stream(FakeSource([("only", 4)], repeats=3), teacher, RingBuffer(50, S))
     assert teacher.events.count(("reset",)) == 3
     assert stats.per_video["only"].frames == 12
 
@@ -132,7 +132,7 @@ def test_a_single_looped_video_is_reset_each_pass():
 def test_teacher_errors_are_counted_logged_sparingly_and_skipped(caplog):
     teacher = FakeTeacher(fails=lambda f: f.index % 2 == 1)
     with caplog.at_level(logging.WARNING, logger="data.producer"):
-        stats = label_stream(FakeSource([("v", 20)]), teacher, RingBuffer(50, S), S)
+        stats = label_stream(FakeSource([("v", 20)]), teacher, RingBuffer(50, S))
     v = stats.per_video["v"]
     assert (v.frames, v.errors, v.samples_pushed) == (20, 10, 10)
     assert stats.last_error == "RuntimeError: boom" and stats.skipped_videos == []
@@ -144,7 +144,7 @@ def test_teacher_errors_are_counted_logged_sparingly_and_skipped(caplog):
 
 def test_a_video_that_always_fails_is_skipped():
     teacher = FakeTeacher(fails=lambda f: f.video.id == "bad")
-    stats = label_stream(FakeSource([("bad", 25), ("good", 3)]), teacher, RingBuffer(50, S), S)
+    stats = label_stream(FakeSource([("bad", 25), ("good", 3)]), teacher, RingBuffer(50, S))
     bad = stats.per_video["bad"]
     assert (bad.frames, bad.errors) == (SKIP_AFTER_FAILURES, SKIP_AFTER_FAILURES)
     assert stats.skipped_videos == ["bad"]
@@ -154,23 +154,23 @@ def test_a_video_that_always_fails_is_skipped():
 
 def test_a_video_that_works_at_first_is_never_skipped():
     teacher = FakeTeacher(fails=lambda f: f.index >= 2)
-    stats = label_stream(FakeSource([("v", 30)]), teacher, RingBuffer(50, S), S)
+    stats = label_stream(FakeSource([("v", 30)]), teacher, RingBuffer(50, S))
     assert stats.per_video["v"].frames == 30 and stats.skipped_videos == []
 
 
 def test_teacher_unavailable_is_fatal():
     teacher = FakeTeacher(fails=lambda f: f.index == 2, error=TeacherUnavailableError("no model"))
     with pytest.raises(TeacherUnavailableError, match="no model"):
-        label_stream(FakeSource([("v", 10)]), teacher, RingBuffer(50, S), S)
+        label_stream(FakeSource([("v", 10)]), teacher, RingBuffer(50, S))
 
 
-def test_max_samples_and_crop_size_checks():
+def test_max_samples_stops_after_whole_frames():
     buffer = RingBuffer(50, S)
-    stats = label_stream(FakeSource([("v", 30)]), FakeTeacher(persons=2), buffer, S,
+    stats = label_stream(FakeSource([("v", 30)]), FakeTeacher(persons=2), buffer,
                          max_samples=5)
     assert stats.total.samples_pushed == 6 and stats.total.frames == 3  # whole frames only
-    with pytest.raises(ValueError, match="crop_size"):
-        label_stream(FakeSource([("v", 1)]), FakeTeacher(), buffer, S + 1)
+    # The crop side is the buffer's own (`buffer.crop_size`): there is no second copy to check.
+    assert buffer.sample(1)["image"].shape[-1] == S
 
 
 def test_producer_stops_promptly_and_closes_everything():
@@ -182,7 +182,7 @@ def test_producer_stops_promptly_and_closes_everything():
         teachers[-1].thread = threading.current_thread()
         return teachers[-1]
 
-    producer = Producer(source, factory, buffer, S)
+    producer = Producer(source, factory, buffer)
     producer.start()
     buffer.wait_for(40, 10.0, abort=producer.failure_reason)
     seen = producer.stats.total.frames
@@ -198,7 +198,7 @@ def test_producer_stops_promptly_and_closes_everything():
 
 def test_producer_stats_are_live_copies():
     producer = Producer(FakeSource([("v", 10)], repeats=None, delay_s=0.005), FakeTeacher,
-                        RingBuffer(10, S), S)
+                        RingBuffer(10, S))
     producer.start()
     try:
         first = producer.stats
@@ -212,7 +212,7 @@ def test_failure_reason_after_a_crash():
     source = FakeSource([("v", 100)])
     teacher = FakeTeacher(fails=lambda f: f.index == 3, error=TeacherUnavailableError("no GPU"))
     buffer = RingBuffer(50, S)
-    producer = Producer(source, lambda: teacher, buffer, S)
+    producer = Producer(source, lambda: teacher, buffer)
     producer.start()
     with pytest.raises(BufferStarvedError, match="TeacherUnavailableError: no GPU"):
         buffer.wait_for(50, 10.0, abort=producer.failure_reason)
@@ -226,7 +226,7 @@ def test_failure_reason_when_the_teacher_cannot_be_built():
         raise TeacherUnavailableError("install mediapipe")
 
     source = FakeSource([("v", 5)])
-    producer = Producer(source, factory, RingBuffer(10, S), S)
+    producer = Producer(source, factory, RingBuffer(10, S))
     producer.start()
     producer.stop()
     assert "install mediapipe" in producer.failure_reason() and source.closed
@@ -234,7 +234,7 @@ def test_failure_reason_when_the_teacher_cannot_be_built():
 
 def test_failure_reason_when_the_source_runs_out():
     buffer = RingBuffer(50, S)
-    producer = Producer(FakeSource([("v", 7)]), FakeTeacher, buffer, S)
+    producer = Producer(FakeSource([("v", 7)]), FakeTeacher, buffer)
     producer.start()
     t0 = time.monotonic()
     with pytest.raises(BufferStarvedError, match="source ran out after 7 frames"):
@@ -254,7 +254,7 @@ def test_synthetic_stream_with_the_oracle_fills_the_buffer():
     source = SyntheticSource(split="train", num_videos=2, frames_per_video=3, seed=0, loop=False,
                              image_size=(96, 128))
     buffer = RingBuffer(64, S)
-    stats = label_stream(source, OracleTeacher(), buffer, S)
+    stats = label_stream(source, OracleTeacher(), buffer)
     assert stats.total.frames == 6 and len(stats.per_video) == 2
     assert len(buffer) == stats.total.samples_pushed == stats.total.persons > 0
     rows = buffer.snapshot()
@@ -283,7 +283,7 @@ class RestingSource(FakeSource):
 def test_stop_wakes_a_source_resting_between_passes():
     source = RestingSource()
     buffer = RingBuffer(16, crop_size=S)
-    producer = Producer(source, FakeTeacher, buffer, S)
+    producer = Producer(source, FakeTeacher, buffer)
     producer.start()
     buffer.wait_for(3, timeout_s=10)
     time.sleep(0.1)
@@ -311,7 +311,7 @@ def test_label_stats_add_up_and_combine():
 def test_a_crop_too_large_for_its_jpeg_slot_is_rejected_not_fatal():
     # FakeSource frames are random noise: their crops never fit a 1 kB JPEG slot
     buffer = RingBuffer(50, 64, storage="jpeg", jpeg_slot_bytes=1024)
-    stats = label_stream(FakeSource([("v", 3)]), FakeTeacher(), buffer, 64)
+    stats = label_stream(FakeSource([("v", 3)]), FakeTeacher(), buffer)
     assert stats.total.frames == 3 and stats.total.rejected == 3 and len(buffer) == 0
 
 
@@ -329,7 +329,7 @@ class WildTeacher(FakeTeacher):
 
 def test_a_sample_the_buffer_refuses_is_rejected_not_fatal():
     buffer = RingBuffer(50, 256)
-    stats = label_stream(FakeSource([("v", 3)]), WildTeacher(), buffer, 256)
+    stats = label_stream(FakeSource([("v", 3)]), WildTeacher(), buffer)
     assert stats.total.frames == 3 and stats.total.rejected + stats.total.samples_pushed == 3
 
 
@@ -370,7 +370,7 @@ class TracedSource(FakeSource):
 def test_prefetch_keeps_the_order_and_decodes_in_its_own_thread():
     source = TracedSource([("a", 4), ("b", 3)], repeats=2)
     teacher = FakeTeacher()
-    stats = label_stream(source, teacher, RingBuffer(64, S), S, prefetch_frames=2)
+    stats = label_stream(source, teacher, RingBuffer(64, S), prefetch_frames=2)
     labelled = [e[1:] for e in teacher.events if e[0] == "label"]
     assert labelled == [(v, i) for v, n in [("a", 4), ("b", 3)] * 2 for i in range(n)]
     assert stats.total.frames == 14 and teacher.events.count(("reset",)) == 4
@@ -382,7 +382,7 @@ def test_prefetch_keeps_the_order_and_decodes_in_its_own_thread():
 
 def test_serial_mode_decodes_in_the_callers_thread():
     source = TracedSource([("a", 3)])
-    label_stream(source, FakeTeacher(), RingBuffer(8, S), S, prefetch_frames=0)
+    label_stream(source, FakeTeacher(), RingBuffer(8, S), prefetch_frames=0)
     assert source.threads == {threading.current_thread().name}
     assert source.iterator_closed_in == threading.current_thread().name
 
@@ -422,7 +422,7 @@ class CountingSource(FakeSource):
 def test_decoding_overlaps_the_teacher():
     source = CountingSource([("v", 6)])
     teacher = LockstepTeacher(source, last=5)
-    label_stream(source, teacher, RingBuffer(16, S), S, prefetch_frames=2)
+    label_stream(source, teacher, RingBuffer(16, S), prefetch_frames=2)
     # every frame but the last had its successor under way while the teacher held it
     assert teacher.overlapped == [True] * 5 + [False]
 
@@ -443,7 +443,7 @@ def test_a_source_error_surfaces_in_the_consumer_and_no_thread_is_left():
     source = TracedSource([("v", 10)], fail_after=4)
     teacher = FakeTeacher()
     with pytest.raises(OSError, match="disk on fire"):
-        label_stream(source, teacher, RingBuffer(16, S), S, prefetch_frames=2)
+        label_stream(source, teacher, RingBuffer(16, S), prefetch_frames=2)
     assert sum(e[0] == "label" for e in teacher.events) == 4  # the frames before the error
     assert source.iterator_closed_in == "stream-pose-decode"
     assert _decode_threads() == []
@@ -452,12 +452,12 @@ def test_a_source_error_surfaces_in_the_consumer_and_no_thread_is_left():
 def test_leaving_early_closes_the_source_iterator_and_joins_the_thread():
     source = TracedSource([("v", 100)])
     buffer = RingBuffer(16, S)
-    stats = label_stream(source, FakeTeacher(), buffer, S, max_samples=3, prefetch_frames=2)
+    stats = label_stream(source, FakeTeacher(), buffer, max_samples=3, prefetch_frames=2)
     assert stats.total.frames == 3 and source.yielded <= 3 + 2 + 1
     assert source.iterator_closed_in == "stream-pose-decode" and _decode_threads() == []
     teacher = FakeTeacher(fails=lambda f: f.index == 2, error=TeacherUnavailableError("gone"))
     with pytest.raises(TeacherUnavailableError):
-        label_stream(TracedSource([("v", 100)]), teacher, buffer, S)
+        label_stream(TracedSource([("v", 100)]), teacher, buffer)
     assert _decode_threads() == []
 
 
@@ -465,7 +465,7 @@ def test_stop_ends_a_slow_stream_within_a_frame():
     source = FakeSource([("v", 100)], delay_s=0.2)  # a slow source: 0.2 s per frame
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
-    stats = label_stream(source, FakeTeacher(), RingBuffer(16, S), S, stop=stop)
+    stats = label_stream(source, FakeTeacher(), RingBuffer(16, S), stop=stop)
     assert stats.total.frames <= 2 and _decode_threads() == []
 
 
@@ -494,7 +494,7 @@ def test_a_source_blocked_past_the_join_timeout_is_logged_and_left_to_end(monkey
 def test_producer_stop_is_prompt_while_decoding_ahead():
     source = TracedSource([("a", 5), ("b", 5)], repeats=None)
     buffer = RingBuffer(40, S)
-    producer = Producer(source, FakeTeacher, buffer, S)
+    producer = Producer(source, FakeTeacher, buffer)
     producer.start()
     buffer.wait_for(40, 10.0, abort=producer.failure_reason)
     assert source.threads == {"stream-pose-decode"}
@@ -506,7 +506,7 @@ def test_producer_stop_is_prompt_while_decoding_ahead():
 
 def test_prefetch_rejects_a_negative_or_zero_depth():
     with pytest.raises(ValueError, match="prefetch_frames"):
-        label_stream(FakeSource([("v", 1)]), FakeTeacher(), RingBuffer(4, S), S,
+        label_stream(FakeSource([("v", 1)]), FakeTeacher(), RingBuffer(4, S),
                      prefetch_frames=-1)
     with pytest.raises(ValueError, match="depth"):
         PrefetchIterator([], depth=0)
@@ -517,7 +517,7 @@ def test_ctrl_c_does_not_wait_for_a_resting_source():
     teacher = FakeTeacher(fails=lambda f: True, error=KeyboardInterrupt())
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        label_stream(source, teacher, RingBuffer(4, S), S)
+        label_stream(source, teacher, RingBuffer(4, S))
     assert time.monotonic() - t0 < 2.0  # not the 5 s join: the owner has to close the source
     source.close()  # as pipeline.py does after Ctrl-C: the thread wakes and ends
     assert _eventually(lambda: _decode_threads() == [])
@@ -528,6 +528,6 @@ def test_sources_rendered_in_python_are_labelled_in_one_thread():
         kind = "synthetic"  # its frames hold the GIL: a decode thread would only contend
 
     source = PythonRendered([("v", 3)])
-    label_stream(source, FakeTeacher(), RingBuffer(8, S), S)
+    label_stream(source, FakeTeacher(), RingBuffer(8, S))
     assert source.threads == {threading.current_thread().name}
     assert default_prefetch(source) == 0 and default_prefetch(FakeSource([])) == PREFETCH_FRAMES

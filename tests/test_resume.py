@@ -196,7 +196,7 @@ def test_datamodule_state_lists_used_videos_and_a_restored_one_skips_them():
 def test_producer_processes_report_their_videos_when_asked():
     buffer = RingBuffer(64, 32, shared=True)
     slow = ProducerSettings(workers=1, heartbeat_s=60.0)  # the periodic report comes too late
-    pool = ProducerPool(SYNTH, OracleTeacher, buffer, 32, settings=slow)
+    pool = ProducerPool(SYNTH, OracleTeacher, buffer, settings=slow)
     try:
         pool.start()
         buffer.wait_for(16, 60.0)

@@ -75,7 +75,7 @@ def _nothing_left_behind():
 def _pool(buffer, source=SYNTH, teacher=OracleTeacher, **settings) -> ProducerPool:
     options = {"workers": 2, "max_restarts": 3, "heartbeat_s": 0.2, "stop_timeout_s": 5.0}
     rank = {k: settings.pop(k) for k in ("rank", "world_size") if k in settings}
-    return ProducerPool(source, teacher, buffer, buffer.crop_size,
+    return ProducerPool(source, teacher, buffer,
                         settings=ProducerSettings(**{**options, **settings}), **rank)
 
 
@@ -231,7 +231,7 @@ _ORPHAN_SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         buffer = RingBuffer(64, 32, shared=True)
         source = functools.partial(SyntheticSource, num_videos=4, frames_per_video=4)
-        pool = ProducerPool(source, OracleTeacher, buffer, 32,
+        pool = ProducerPool(source, OracleTeacher, buffer,
                             settings=ProducerSettings(workers=2, heartbeat_s=0.2))
         pool.start()
         buffer.wait_for(64, 60)
@@ -270,8 +270,8 @@ def test_a_failed_pool_fails_the_training_step():
 
         def training_step(self, batch, _):
             time.sleep(0.01)
-            x = batch["image"].float().mean(dim=(-2, -1)) / 255
-            return (self.net(x).view(-1, 27, 3) - batch["kpts3d"]).abs().mean()
+            x = batch.image.float().mean(dim=(-2, -1)) / 255
+            return (self.net(x).view(-1, 27, 3) - batch.kpts3d).abs().mean()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -328,3 +328,12 @@ def test_unpicklable_factories_are_a_clear_error():
         with pytest.raises(TypeError, match="picklable source and teacher factories"):
             pool.start()
         assert not pool.is_alive
+
+
+def test_the_thread_and_the_pool_are_both_stream_producers():
+    from data.producer import Producer, StreamProducer
+
+    members = {name for name in vars(StreamProducer) if not name.startswith("_")}
+    assert {"start", "stop", "stats", "failure_reason", "worker_stats", "restarts"} <= members
+    for cls in (Producer, ProducerPool):
+        assert members <= set(dir(cls)), (cls, members - set(dir(cls)))

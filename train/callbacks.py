@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from data.producer import StreamProducer
 from stream_pose.runtime import usable_cores
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,10 @@ def stream_telemetry(datamodule: Any) -> dict[str, float]:
     `buffer/overwritten`, `buffer/samples_read` (samples), `buffer/wait_s` (seconds spent
     blocked reading the buffer: the trainer's, or its DataLoader workers' with
     `loader_workers`) and `buffer/bytes_per_sample` (memory per slot). From
-    `datamodule.producer_stats.total`: `producer/teacher_fps` (frames/s inside one teacher)
-    and `producer/frames`; `producer/restarts` from `datamodule.producer_restarts` and
-    `producer/stalls` (restarts for making no progress) from `datamodule.producer_stalls`. Anything
-    missing (another datamodule, not set up yet) is left out.
+    `datamodule.producer` (a `data.producer.StreamProducer`, thread or process pool):
+    `producer/teacher_fps` (frames/s inside one teacher) and `producer/frames` from its
+    `stats.total`, `producer/restarts` and `producer/stalls` (restarts for making no progress).
+    Anything missing (another datamodule, not set up yet) is left out.
     """
     out: dict[str, float] = {}
     buffer = getattr(datamodule, "buffer", None)
@@ -54,16 +55,13 @@ def stream_telemetry(datamodule: Any) -> dict[str, float]:
             "buffer/samples_read": float(s.samples_read), "buffer/wait_s": float(s.wait_s),
             "buffer/bytes_per_sample": float(s.bytes_per_sample),
         })
-    producer = getattr(datamodule, "producer_stats", None)
+    producer: StreamProducer | None = getattr(datamodule, "producer", None)
     if producer is not None:
-        out["producer/teacher_fps"] = float(producer.total.teacher_fps)
-        out["producer/frames"] = float(producer.total.frames)
-    restarts = getattr(datamodule, "producer_restarts", None)
-    if restarts is not None:
-        out["producer/restarts"] = float(restarts)
-    stalls = getattr(datamodule, "producer_stalls", None)
-    if stalls is not None:
-        out["producer/stalls"] = float(stalls)
+        total = producer.stats.total
+        out["producer/teacher_fps"] = float(total.teacher_fps)
+        out["producer/frames"] = float(total.frames)
+        out["producer/restarts"] = float(producer.restarts)
+        out["producer/stalls"] = float(producer.stalls)
     return out
 
 

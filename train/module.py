@@ -1,9 +1,10 @@
 """The LightningModule that distils a teacher's labels into the student.
 
-Legend: B batch, J = 27 joints, S crop side in pixels. Batches are dicts with `image` `[B, 3, S, S]`
-(uint8 from the loaders, float in [0, 1] after `on_after_batch_transfer`), `kpts2d` `[B, J, 2]`
-crop pixels, `kpts3d` `[B, J, 3]` metres pelvis-relative (camera axes: X right, Y down,
-Z forward), `visibility` `[B, J]` in {0, 1} and `K_crop` `[B, 3, 3]`; extra keys pass through.
+Legend: B batch, J = 27 joints, S crop side in pixels. Batches are `stream_pose.batch.Batch`es:
+`image` `[B, 3, S, S]` (uint8 from the loaders, float in [0, 1] after `on_after_batch_transfer`),
+`kpts2d` `[B, J, 2]` crop pixels, `kpts3d` `[B, J, 3]` metres pelvis-relative (camera axes:
+X right, Y down, Z forward), `visibility` `[B, J]` in {0, 1} and `K_crop` `[B, 3, 3]`; the ids
+pass through.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from stream_pose.batch import Batch
 from train.losses import heatmap_cross_entropy, masked_l1
 from train.metrics import MeanPoseBaseline, PoseErrorMetric, metric_dict, mpjpe
 from train.student import HEATMAP_STRIDE, PoseStudent, StudentOutput
 
 logger = logging.getLogger(__name__)
 
-Batch = dict[str, Tensor]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -110,39 +111,39 @@ class PoseDistillModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 crops become float in [0, 1] here, on the device (DESIGN.md: images)."""
-        return {**batch, "image": image_to_float(batch["image"])}
+        return batch.replace(image=image_to_float(batch.image))
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         """Forward `batch` and return `loss`, its terms, and `mpjpe` (metres)."""
-        out, logits = self.net.forward_with_heatmaps(batch["image"])
-        vis = batch["visibility"]
+        out, logits = self.net.forward_with_heatmaps(batch.image)
+        vis = batch.visibility
         hp = self.hparams
-        loss_3d = masked_l1(out.kpts3d, batch["kpts3d"], vis)
+        loss_3d = masked_l1(out.kpts3d, batch.kpts3d, vis)
         size = self.net.crop_size
-        loss_2d = masked_l1(out.kpts2d / size, batch["kpts2d"] / size, vis)
+        loss_2d = masked_l1(out.kpts2d / size, batch.kpts2d / size, vis)
         terms = {"loss_3d": loss_3d, "loss_2d": loss_2d}
         loss = hp.loss_3d_weight * loss_3d + hp.loss_2d_weight * loss_2d
         if hp.loss_heatmap_weight > 0:
             terms["loss_heatmap"] = heatmap_cross_entropy(
-                logits, batch["kpts2d"], vis, HEATMAP_STRIDE, hp.heatmap_sigma)
+                logits, batch.kpts2d, vis, HEATMAP_STRIDE, hp.heatmap_sigma)
             loss = loss + hp.loss_heatmap_weight * terms["loss_heatmap"]
         if hp.loss_lift_weight > 0:
-            noisy = batch["kpts2d"] + hp.lift_noise * size * torch.randn_like(batch["kpts2d"])
+            noisy = batch.kpts2d + hp.lift_noise * size * torch.randn_like(batch.kpts2d)
             teacher_2d = torch.where(vis.unsqueeze(-1) > 0, noisy, out.kpts2d.detach())
-            terms["loss_lift"] = masked_l1(self.net.lift(teacher_2d), batch["kpts3d"], vis)
+            terms["loss_lift"] = masked_l1(self.net.lift(teacher_2d), batch.kpts3d, vis)
             loss = loss + hp.loss_lift_weight * terms["loss_lift"]
         with torch.no_grad():
-            err = mpjpe(out.kpts3d, batch["kpts3d"], vis)
+            err = mpjpe(out.kpts3d, batch.kpts3d, vis)
         return {"loss": loss, **terms, "mpjpe": err}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         # The baseline sees the targets before augmentation: flips would make it left-right
         # symmetric, i.e. a weaker bar than the true mean of the stream.
-        self.mean_pose.update(batch["kpts3d"], batch["visibility"])
+        self.mean_pose.update(batch.kpts3d, batch.visibility)
         if self.augment is not None:
             batch = self.augment(batch)
         out = self.losses(batch)
-        b = batch["image"].shape[0]
+        b = len(batch)
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in out.items() if k.startswith("loss")},
             batch_size=b, prog_bar=False,
@@ -151,8 +152,8 @@ class PoseDistillModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        gt, vis = batch["kpts3d"], batch["visibility"]
-        pred = self.net(batch["image"]).kpts3d
+        gt, vis = batch.kpts3d, batch.visibility
+        pred = self.net(batch.image).kpts3d
         self.val_student.update(pred, gt, vis)
         self.val_mean_pose.update(self.mean_pose.mean().to(gt).expand_as(gt), gt, vis)
 

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from stream_pose.batch import Batch
 from stream_pose.draw import draw_pose
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class SkeletonPanels(L.Callback):
         self.num_crops = num_crops
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch,
         batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
         if batch_idx or dataloader_idx or trainer.sanity_checking or not trainer.is_global_zero:
@@ -99,10 +100,10 @@ class SkeletonPanels(L.Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not wandb_loggers:
             return
-        n = min(self.num_crops, len(batch["image"]))
+        n = min(self.num_crops, len(batch))
         with torch.no_grad():  # validation_step returns nothing: predict the few crops again
-            student = pl_module(batch["image"][:n]).kpts2d
-        panels = skeleton_panels(batch["image"][:n], batch["kpts2d"][:n],
-                                 batch["visibility"][:n], student)
+            student = pl_module(batch.image[:n]).kpts2d
+        panels = skeleton_panels(batch.image[:n], batch.kpts2d[:n],
+                                 batch.visibility[:n], student)
         for lg in wandb_loggers:
             lg.log_image(KEY, panels, step=trainer.global_step, caption=[CAPTION] * n)

@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from stream_pose.batch import Batch
+
 KEY = "student/samples_per_s"
 
 
@@ -47,10 +49,10 @@ class StudentThroughput(L.Callback):
         self._val_t0 = None
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch,
         batch_idx: int,
     ) -> None:
-        self._samples += len(batch["image"])
+        self._samples += len(batch)
         every = max(self.log_every_n_steps or trainer.log_every_n_steps, 1)
         step = trainer.global_step
         if self._t0 is None or step % every or not trainer.loggers or not trainer.is_global_zero:

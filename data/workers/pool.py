@@ -1,9 +1,8 @@
-"""Producer processes: each labels its own shard of the stream into a shared ring buffer.
+"""The pool side of the producer processes: spawning, supervising and stopping them.
 
-`ProducerPool` spawns `workers` processes (spawn start method: safe with CUDA and on macOS).
-Each builds its own source shard and teacher from picklable factories (Hydra `_partial_`s are
-`functools.partial`s), attaches to the shared `RingBuffer` and runs `label_stream`. A monitor
-thread in the parent supervises them:
+`ProducerPool` spawns `workers` processes (spawn start method: safe with CUDA and on macOS), each
+running `data.workers.worker.run_worker` on its own shard. A monitor thread in the parent
+supervises them:
 
 - a worker that dies (exception, SIGKILL, segfault: seen through its process sentinel), stops
   sending heartbeats (hung) or makes no progress (no frame, no video read or skipped, and not
@@ -13,14 +12,11 @@ thread in the parent supervises them:
   `max_restarts` times per worker; then, or at once for errors that would only repeat (a
   `TeacherUnavailableError`, or a source or teacher that cannot be built), the pool fails:
   `error` and `failure_reason()` say why, and the trainer raises it (`StreamDataModule`);
-- workers report counters, heartbeats, errors and log records through one pipe each. Pipes,
-  not a shared queue: a worker killed while holding a queue's lock would block the others.
+- workers report counters, heartbeats, errors and log records through one pipe each
+  (`data.workers.worker`), which the monitor thread alone reads and writes.
 
-Shards: worker w of rank r labels shard r * workers + w of world_size * workers (sources take
-`shard` and `num_shards`), so ranks and workers never label the same video.
-
-A spawned worker re-imports this module and the parent's `__main__` (CPython's spawn), so this
-module imports neither torch, Lightning nor any teacher library.
+This module imports neither torch, Lightning nor any teacher library (spawned workers import
+the package).
 """
 
 from __future__ import annotations
@@ -29,23 +25,16 @@ import logging
 import multiprocessing
 import pickle
 import signal
-import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from data.producer import (
-    ProducerFailedError,
-    ProducerStats,
-    _close_quietly,
-    combine_stats,
-    label_stream,
-)
-from data.ring_buffer import BufferHandle, RingBuffer
-from labeler.base import Teacher, TeacherUnavailableError
+from data.producer import ProducerFailedError, ProducerStats, combine_stats
+from data.ring_buffer import RingBuffer
+from data.workers.worker import WorkerError, WorkerSpec, run_worker, worker_shard
+from labeler.base import Teacher
 from video_sources.base import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -85,198 +74,6 @@ class ProducerSettings:
             raise ValueError("heartbeat and timeout settings must be > 0 seconds")
 
 
-def worker_shard(rank: int, worker: int, workers: int, world_size: int) -> tuple[int, int]:
-    """(shard, num_shards) of producer `worker` of `workers` on DDP rank `rank` of `world_size`."""
-    return rank * workers + worker, world_size * workers
-
-
-def shard_kwargs(shard: int, num_shards: int) -> dict[str, int]:
-    """Source keyword arguments for one shard; none when there is only one (any source works)."""
-    return {} if num_shards == 1 else {"shard": shard, "num_shards": num_shards}
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a producer process needs, picklable.
-
-    Attributes:
-        source: factory called as `source(split="train", **shard_kwargs(shard, num_shards))`.
-        teacher: factory of the worker's own teacher.
-        buffer: handle of the shared ring buffer.
-        crop_size: crop side S in pixels.
-        shard, num_shards: this worker's part of the stream.
-        reads_per_overwrite: pacing against the trainer (see `label_stream`).
-        heartbeat_s: seconds between reports.
-        log_level: level of the worker's root logger (records are forwarded to the parent).
-    """
-
-    source: Callable[..., VideoSource]
-    teacher: Callable[[], Teacher]
-    buffer: BufferHandle
-    crop_size: int
-    shard: int
-    num_shards: int
-    reads_per_overwrite: float | None
-    heartbeat_s: float
-    log_level: int
-
-
-@dataclass(frozen=True)
-class WorkerError:
-    """Why a worker ended: its error text and traceback, and whether a restart is pointless.
-
-    Attributes:
-        text: "ExceptionType: message", or what the parent saw (signal, missing heartbeat).
-        traceback: the worker's formatted traceback ("" when it sent none).
-        fatal: True when a restart would fail the same way.
-        exception: the pickled exception, if it pickles.
-    """
-
-    text: str
-    traceback: str = ""
-    fatal: bool = False
-    exception: bytes | None = None
-
-
-# --- in the worker process ----------------------------------------------------------------------
-
-
-class _Channel:
-    """The worker's end of its pipe; sends are locked (the heartbeat and main threads both send)."""
-
-    def __init__(self, conn: Connection):
-        self.conn, self._lock = conn, threading.Lock()
-
-    def send(self, message: tuple) -> None:
-        with self._lock:
-            self.conn.send(message)
-
-    def stop_requested(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for "stop"; True on it, or when the parent is gone (EOF)."""
-        try:
-            return self.conn.poll(timeout_s) and self.conn.recv() == "stop"
-        except (EOFError, OSError):
-            return True
-
-
-class _LogForwarder(logging.Handler):
-    """Sends the worker's log records to the parent, which logs them under the same names."""
-
-    def __init__(self, channel: _Channel):
-        super().__init__()
-        self.channel = channel
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        try:
-            self.channel.send(("log", {"name": record.name, "levelno": record.levelno,
-                                       "levelname": record.levelname, "msg": text}))
-        except OSError:  # the parent is gone; nobody to tell
-            pass
-
-
-class _Heartbeat(threading.Thread):
-    """Reports the worker's counters every `every_s`, and at once on any other message from the
-    parent ("report": `ProducerPool.refresh_stats`); watches the pipe for "stop".
-
-    Reports carry only the per-video counters that changed since the last one, so a long stream
-    of short videos does not make each report longer. On "stop" (or the parent's death) it sets
-    `stop` and, after a second, closes the source, which wakes a source resting between passes.
-    """
-
-    def __init__(self, channel: _Channel, stats: ProducerStats, stop: threading.Event,
-                 every_s: float):
-        super().__init__(name="stream-pose-heartbeat", daemon=True)
-        self.channel, self.stats, self.stop_event, self.every_s = channel, stats, stop, every_s
-        self.source: VideoSource | None = None
-        self._done = threading.Event()
-        self._sent: dict[str, int] = {}  # video id -> frames at the last report
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            self.report()
-            if self.stop_event.is_set():
-                self._done.wait(self.every_s)
-            elif self.channel.stop_requested(self.every_s):
-                self.stop_event.set()
-                if not self._done.wait(1.0) and self.source is not None:
-                    _close_quietly(self.source, "source")
-
-    def finish(self) -> None:
-        """Stop reporting, then send the last counters."""
-        self._done.set()
-        self.join()
-        self.report()
-
-    def report(self) -> None:
-        per_video = dict(self.stats.per_video)  # one atomic copy under the GIL
-        changed = {v: replace(s) for v, s in per_video.items()
-                   if self._sent.get(v) != s.frames}  # copies of the few that changed only
-        self._sent.update({v: s.frames for v, s in changed.items()})
-        snap = replace(self.stats, per_video={}).copy()
-        snap.per_video = changed
-        try:
-            self.channel.send(("stats", snap))
-        except OSError:
-            self.stop_event.set()  # the parent is gone: stop labelling
-
-
-def run_worker(spec: WorkerSpec, index: int, conn: Connection) -> None:
-    """Entry point of producer process `index`: label `spec`'s shard into the shared buffer.
-
-    Sends ("stats", ProducerStats) reports, ("log", record) messages and finally ("done",) or
-    ("error", WorkerError). Ignores SIGINT: on Ctrl-C the parent stops its workers itself.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel = _Channel(conn)
-    root = logging.getLogger()
-    root.handlers = [_LogForwarder(channel)]
-    root.setLevel(spec.log_level)
-    stats, stop = ProducerStats(), threading.Event()
-    heartbeat = _Heartbeat(channel, stats, stop, spec.heartbeat_s)
-    heartbeat.start()
-    outcome: tuple = ("done",)
-    built, buffer, teacher, source = False, None, None, None
-    try:
-        buffer = RingBuffer.attach(spec.buffer, writer=index)
-        teacher = spec.teacher()
-        source = spec.source(split="train", **shard_kwargs(spec.shard, spec.num_shards))
-        heartbeat.source, built = source, True
-        label_stream(source, teacher, buffer, spec.crop_size, stop=stop, stats=stats,
-                     reads_per_overwrite=spec.reads_per_overwrite)
-    except BaseException as exc:
-        # Building the source or teacher would fail the same way again: no restart.
-        outcome = ("error", _error_report(exc, fatal=not built))
-    finally:
-        heartbeat.finish()
-        for obj, what in ((teacher, "teacher"), (source, "source"), (buffer, "buffer")):
-            if obj is not None:
-                _close_quietly(obj, what)
-    try:
-        channel.send(outcome)
-    except OSError:  # the parent is gone
-        pass
-    if outcome[0] == "error":
-        sys.exit(1)
-
-
-def _error_report(exc: BaseException, fatal: bool) -> WorkerError:
-    try:
-        pickled = pickle.dumps(exc)
-    except Exception:  # an exception with unpicklable state: the text will do
-        pickled = None
-    return WorkerError(
-        text=f"{type(exc).__name__}: {exc}",
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        fatal=fatal or isinstance(exc, TeacherUnavailableError),
-        exception=pickled,
-    )
-
-
-# --- in the parent process ----------------------------------------------------------------------
-
 
 @dataclass
 class _Worker:
@@ -311,22 +108,22 @@ class _RemoteTraceback(Exception):
 class ProducerPool:
     """`workers` producer processes filling one shared `RingBuffer`, restarted when they die.
 
-    Same interface as the in-process `data.producer.Producer` (start, stop, is_alive, error,
-    stats, failure_reason), so `StreamDataModule` and benchmarks can use either.
+    A `data.producer.StreamProducer`, like the in-process `data.producer.Producer`, so
+    `StreamDataModule` and benchmarks can use either.
 
     Args:
         source: factory of video sources, called in each worker as
             `source(split="train", shard=..., num_shards=...)` (no shard arguments when there
             is a single shard); must be picklable (a Hydra `_partial_`, a module-level class).
         teacher: picklable factory of teachers; each worker makes its own.
-        buffer: a shared ring buffer (`RingBuffer(..., shared=True)`), owned by this process.
-        crop_size: crop side S in pixels (must equal `buffer.crop_size`).
+        buffer: a shared ring buffer (`RingBuffer(..., shared=True)`), owned by this process;
+            it sets the crop side (`buffer.crop_size`).
         settings: worker count and supervision (`ProducerSettings`; `workers` >= 1).
         rank, world_size: this trainer's place among DDP ranks (0 and 1 without DDP).
         reads_per_overwrite: pacing against the trainer (see `label_stream`).
 
     Raises:
-        ValueError: a process-local buffer, a crop size mismatch, workers < 1 or a bad rank.
+        ValueError: a process-local buffer, workers < 1 or a bad rank.
     """
 
     def __init__(
@@ -334,7 +131,6 @@ class ProducerPool:
         source: Callable[..., VideoSource],
         teacher: Callable[[], Teacher],
         buffer: RingBuffer,
-        crop_size: int,
         *,
         settings: ProducerSettings = ProducerSettings(),
         rank: int = 0,
@@ -343,14 +139,12 @@ class ProducerPool:
     ):
         if not buffer.shared:
             raise ValueError("producer processes need a shared buffer: RingBuffer(shared=True)")
-        if crop_size != buffer.crop_size:
-            raise ValueError(f"crop_size {crop_size} != buffer crop_size {buffer.crop_size}")
         if settings.workers < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need workers >= 1 and 0 <= rank < world_size, got "
                              f"{settings.workers}, {rank}, {world_size}")
         self.settings, self.rank, self.world_size = settings, rank, world_size
         self._source, self._teacher, self._buffer = source, teacher, buffer
-        self._crop_size, self._reads_per_overwrite = crop_size, reads_per_overwrite
+        self._reads_per_overwrite = reads_per_overwrite
         self._ctx = multiprocessing.get_context("spawn")
         self._workers = [_Worker(w) for w in range(settings.workers)]
         self._lock = threading.Lock()  # guards the workers' counters (monitor vs. readers)
@@ -492,7 +286,7 @@ class ProducerPool:
                                          self.world_size)
         spec = WorkerSpec(
             source=self._source, teacher=self._teacher, buffer=self._buffer.handle,
-            crop_size=self._crop_size, shard=shard, num_shards=num_shards,
+            shard=shard, num_shards=num_shards,
             reads_per_overwrite=self._reads_per_overwrite, heartbeat_s=self.settings.heartbeat_s,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
