@@ -36,7 +36,7 @@ from video_sources.base import SourceStats
 from video_sources.decode import VideoDecodeError, check_decode_options
 from video_sources.frames import frames_from_bytes
 from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
-from video_sources.local import SPLITS, check_shard, in_shard, is_val_id
+from video_sources.splits import check_shard, check_split, in_id_shard, in_split
 
 logger = logging.getLogger(__name__)
 
@@ -445,8 +445,8 @@ class PexelsSource:
         loop: repeat passes forever (until `close()`); False makes one pass.
         rest_s: seconds (> 0) to wait after a looped pass that found no new video.
         split, val_fraction: "train", "val" or "all"; a video is in val iff the stable hash of
-            its id (`pexels-<id>`) is below `val_fraction` (`video_sources.local.is_val_id`).
-        shard, num_shards: use only the videos of this shard (`video_sources.local.in_shard`
+            its id (`pexels-<id>`) is below `val_fraction` (`video_sources.splits.in_split`).
+        shard, num_shards: use only the videos of this shard (`video_sources.splits.in_id_shard`
             on the id), so that several producers fetch disjoint videos; `n` counts the
             shard's own. Each shard queries the API itself: the quota is shared.
         skip_ids: ids (`pexels-<id>`) of videos used already, e.g. by the run a resumed one
@@ -603,9 +603,8 @@ class PexelsSource:
 
     def _mine(self, video_id: str) -> bool:
         """Whether a video belongs to this source's split and shard."""
-        in_split = self.split == "all" or is_val_id(video_id, self.val_fraction) == (
-            self.split == "val")
-        return in_split and in_shard(video_id, self.shard, self.num_shards)
+        return (in_split(video_id, self.split, self.val_fraction)
+                and in_id_shard(video_id, self.shard, self.num_shards))
 
     def _fetch_next(self, query: str | None) -> bool:
         """Queue the query's next page of results; False if the API request failed."""
@@ -723,10 +722,7 @@ def _check_options(
         raise ValueError(f"queries must be non-empty strings, got {list(queries)!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    check_split(split, val_fraction)
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise ValueError(f"per_page must be in 1..{MAX_PER_PAGE}, got {per_page!r}")
     if max_bytes <= 0 or time_limit_s <= 0:

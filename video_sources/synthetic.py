@@ -32,10 +32,9 @@ from stream_pose.codec import label_from_camera
 from stream_pose.skeleton import FLIP_PERM, JOINT_INDEX, NUM_JOINTS, PARENTS, SIDE
 from stream_pose.types import Frame, PersonLabel, VideoRef
 from video_sources.base import SourceStats
+from video_sources.splits import GENERATED_SPLITS, check_shard, check_split, in_position_shard
 
 log = logging.getLogger(__name__)
-
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}  # mixed into the seed: disjoint streams
 
 # ---------------------------------------------------------------------------------------------
 # Body model
@@ -516,8 +515,9 @@ class SyntheticSource:
         fps: frame rate; `time_s = index / fps` (exact here: generated video is constant rate).
         loop: for train, True streams new videos forever (k = 0, 1, 2, ... never repeats, so the
             student never sees the same clip twice); ignored for val and test.
-        shard, num_shards: yield only videos with `k % num_shards == shard`, so that several
-            producers can split one stream without overlap.
+        shard, num_shards: yield only videos with `k % num_shards == shard`
+            (`video_sources.splits.in_position_shard`), so that several producers can split
+            one stream without overlap.
         skip_ids: video ids (`synth-<split>-<k>`) not to yield, e.g. those a resumed run used
             before (`StreamDataModule.load_state_dict`); they are skipped without rendering.
 
@@ -543,12 +543,12 @@ class SyntheticSource:
         num_shards: int = 1,
         skip_ids: Iterable[str] = (),
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        if min(num_videos, frames_per_video, max_people, num_shards) < 1:
-            raise ValueError("num_videos, frames_per_video, max_people, num_shards must be >= 1")
-        if seed < 0 or not 0 <= shard < num_shards or fps <= 0:
-            raise ValueError("need seed >= 0, 0 <= shard < num_shards and fps > 0")
+        check_split(split, choices=sorted(GENERATED_SPLITS))
+        check_shard(shard, num_shards)
+        if min(num_videos, frames_per_video, max_people) < 1:
+            raise ValueError("num_videos, frames_per_video, max_people must be >= 1")
+        if seed < 0 or fps <= 0:
+            raise ValueError("need seed >= 0 and fps > 0")
         self.image_size = None if image_size is None else _size_pair(image_size, "image_size")
         self.size_range = _size_pair(size_range, "size_range")
         if self.size_range[0] > self.size_range[1]:
@@ -567,7 +567,8 @@ class SyntheticSource:
         for k in indices:
             if self._closed:
                 return
-            if k % self.num_shards != self.shard or video_id(self.split, k) in self.skip_ids:
+            mine = in_position_shard(k, self.shard, self.num_shards)
+            if not mine or video_id(self.split, k) in self.skip_ids:
                 continue
             self.stats.videos_ok += 1
             for frame in self.video(k):
@@ -594,7 +595,8 @@ class SyntheticSource:
 
     def _make_video(self, k: int) -> _Video:
         """Sample the camera, background and people of video k and precompute their drawing."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], k]))
+        code = GENERATED_SPLITS[self.split]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, code, k]))
         h, w = self.image_size or rng.integers(*self.size_range, 2, endpoint=True).tolist()
         depth0 = rng.uniform(*DEPTH_RANGE_M)
         f = _sample_focal(rng, h, w, depth0, REST_HEIGHT_M)
