@@ -31,7 +31,8 @@ from data.shared import SEGMENT_PREFIX, SHM_DIR, remove_stale_segments
 from data.workers import ProducerPool, ProducerSettings
 from labeler.oracle import OracleTeacher
 from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
-from video_sources.local import LocalSource, _unit_hash
+from video_sources.local import LocalSource
+from video_sources.splits import _unit_hash
 
 GOOD = VIDEOS / "street_short.mp4"
 needs_videos = pytest.mark.skipif(not GOOD.is_file(), reason="needs ../shared/videos")

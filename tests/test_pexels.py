@@ -19,7 +19,6 @@ from shared_paths import VIDEOS
 
 from video_sources import VideoSource
 from video_sources.http import DownloadError
-from video_sources.local import is_val_id
 from video_sources.pexels import (
     PexelsApiError,
     PexelsClient,
@@ -30,6 +29,7 @@ from video_sources.pexels import (
     load_api_key,
     pick_file,
 )
+from video_sources.splits import is_val_id
 
 KEY = "test-key-5ecret-0123456789"
 STREET, POSETRACK = "street_short.mp4", "posetrack_short.mp4"

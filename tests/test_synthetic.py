@@ -14,12 +14,8 @@ from stream_pose.codec import in_frame
 from stream_pose.skeleton import BONES, JOINT_INDEX, NUM_JOINTS, PARENTS
 from stream_pose.types import Frame
 from video_sources.base import VideoSource
-from video_sources.synthetic import (
-    KNEE_FLEXION_RANGE_DEG,
-    REST_OFFSETS,
-    SyntheticSource,
-    forward_kinematics,
-)
+from video_sources.synthetic import SyntheticSource
+from video_sources.synthetic.body import KNEE_FLEXION_RANGE_DEG, REST_OFFSETS, forward_kinematics
 
 J = JOINT_INDEX
 T = 16

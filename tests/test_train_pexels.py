@@ -14,7 +14,7 @@ from shared_paths import VIDEOS
 
 from stream_pose.secrets import SecretInConfigError, refuse_overrides
 from train.train import CONF_DIR, main, train
-from video_sources.local import is_val_id
+from video_sources.splits import is_val_id
 
 KEY = "train-key-7c1d2e9f04ab"
 VAL_FRACTION = 0.25

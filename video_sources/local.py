@@ -13,12 +13,11 @@ decoded before the failure, logs one warning and counts in `stats.videos_ok`, no
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from pathlib import Path, PurePosixPath
 from contextlib import closing
-from typing import Callable, Iterable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -28,11 +27,11 @@ from video_sources.base import SourceStats
 from video_sources.decode import VideoDecodeError, check_decode_options, decode_video_bytes
 from video_sources.frames import frames_from_bytes
 from video_sources.http import DEFAULT_TIME_LIMIT_S, DownloadError, download_bytes
+from video_sources.splits import check_shard, check_split, select_split, take_shard
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
-SPLITS = ("train", "val", "all")
 
 
 class _ReadError(Exception):
@@ -106,7 +105,7 @@ class LocalSource:
                               usable=lambda video: _decodes(video, max_bytes))
         # Round robin over the split's list (the same in every process): shards differ in size
         # by one video at most, so any count of producers up to the videos' works.
-        self._videos = videos[shard::num_shards]
+        self._videos = take_shard(videos, shard, num_shards)
         if not self._videos:
             raise ValueError(
                 f"shard {shard} of {num_shards} of split {split!r} has no video: the split has "
@@ -201,10 +200,7 @@ class LocalSource:
 
 
 def _check_options(split: str, val_fraction: float, max_bytes: int, timeout_s: float) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    check_split(split, val_fraction)
     if max_bytes <= 0:
         raise ValueError(f"max_bytes must be > 0, got {max_bytes!r}")
     if timeout_s <= 0:
@@ -270,65 +266,6 @@ def _base_id(uri: str, kind: str) -> str:
     return Path(uri).stem
 
 
-def select_split(
-    videos: list[VideoRef], split: str, val_videos: list[str] | None, val_fraction: float,
-    usable: Callable[[VideoRef], bool] | None = None,
-) -> list[VideoRef]:
-    """The videos of one split, in input order; the split is by video id, never by frame.
-
-    Val is `val_videos` when given, else the ids whose stable hash falls under `val_fraction`
-    (at least one video in each split when there are two or more), else empty. With `usable`,
-    the automatic pick leaves out the videos it rejects (an unreadable file would leave the
-    validation set empty); they stay in train, where the stream skips them.
-
-    Raises:
-        ValueError: an id in `val_videos` that is not among the videos, or an empty result.
-    """
-    ids = [video.id for video in videos]
-    if isinstance(val_videos, str):  # one id, not a sequence of characters
-        val_videos = [val_videos]
-    if val_videos is not None:
-        unknown = sorted(set(val_videos) - set(ids))
-        if unknown:
-            raise ValueError(f"val_videos not found: {unknown}; the video ids (file stems) are "
-                             f"{ids}")
-        val = set(val_videos)
-    else:
-        by_id = {video.id: video for video in videos}
-        val = _hash_val_ids(ids, val_fraction,
-                            None if usable is None else lambda i: usable(by_id[i]))
-    chosen = [v for v in videos if split == "all" or (v.id in val) == (split == "val")]
-    if not chosen:
-        raise ValueError(
-            f"split {split!r} has no video (ids {ids}); set val_videos or val_fraction"
-        )
-    return chosen
-
-
-def _hash_val_ids(ids: list[str], fraction: float,
-                  usable: Callable[[str], bool] | None = None) -> set[str]:
-    """Ids whose SHA-1 position in [0, 1) is below `fraction` and that are `usable`, with both
-    splits non-empty (`usable` is asked only about candidates, in hash order)."""
-    if fraction <= 0 or not ids:
-        return set()
-    usable = usable or (lambda video_id: True)
-    ranked = sorted(ids, key=_unit_hash)
-    val = {i for i in ranked if is_val_id(i, fraction) and _usable_or_say(i, usable)}
-    if len(ids) >= 2 and not val:  # the others stay in train, the unusable ones included
-        val = {next((i for i in ranked if usable(i)), ranked[0])}
-    if len(ids) >= 2 and len(val) == len(ids):
-        val.discard(ranked[-1])
-    return val
-
-
-def _usable_or_say(video_id: str, usable: Callable[[str], bool]) -> bool:
-    if usable(video_id):
-        return True
-    logger.info("automatic validation split: %s does not decode; it stays in train (skipped "
-                "there)", video_id)
-    return False
-
-
 def _decodes(video: VideoRef, max_bytes: int) -> bool:
     """Whether a local file gives a first frame (URLs are not fetched for this: True)."""
     if video.kind != "local":
@@ -342,35 +279,3 @@ def _decodes(video: VideoRef, max_bytes: int) -> bool:
         return True
     except (OSError, VideoDecodeError, StopIteration):
         return False
-
-
-def is_val_id(video_id: str, val_fraction: float) -> bool:
-    """Whether a video belongs to validation when ids arrive one by one (a stream).
-
-    The same stable hash as `select_split`, without its at-least-one-per-split rule, which
-    needs the whole list: a given id is in val iff its hash position is below `val_fraction`.
-    """
-    return _unit_hash(video_id) < val_fraction
-
-
-def in_shard(video_id: str, shard: int, num_shards: int) -> bool:
-    """Whether a video belongs to `shard` of `num_shards`: its stable hash mod `num_shards`.
-
-    BLAKE2b with its own `person` tag, so shards do not correlate with the val split's SHA-1
-    position. Shards of one split are disjoint and together give all of it. With few videos
-    they can be uneven, even empty.
-    """
-    digest = hashlib.blake2b(video_id.encode(), digest_size=8, person=b"sp-shard").digest()
-    return int.from_bytes(digest, "little") % num_shards == shard
-
-
-def check_shard(shard: int, num_shards: int) -> None:
-    """Raises ValueError unless 0 <= shard < num_shards."""
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(f"need 0 <= shard < num_shards, got shard={shard}, "
-                         f"num_shards={num_shards}")
-
-
-def _unit_hash(video_id: str) -> float:
-    """Stable position of an id in [0, 1): SHA-1, unlike hash(), is the same in every process."""
-    return int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16) / 16**12
