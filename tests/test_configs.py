@@ -7,9 +7,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from omegaconf import OmegaConf
 
-from train.train import CONF_DIR, REPO_ROOT, make_loggers
+from train.callbacks import (
+    BufferTelemetry,
+    CheckpointOnException,
+    ReclaimProducerCores,
+    SaveLastCheckpoint,
+    ScheduleOnResume,
+)
+from train.panels import SkeletonPanels
+from train.throughput import StudentThroughput
+from train.train import CONF_DIR, REPO_ROOT, make_callbacks, make_loggers
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 
@@ -29,6 +39,7 @@ def test_every_group_has_its_options():
     assert _options("model") == ["student", "student_l", "student_m", "student_s"]
     assert _options("logger") == ["csv", "none", "wandb"]
     assert _options("trainer") == ["cpu", "ddp", "default"]
+    assert _options("callbacks") == _options("paths") == _options("hydra") == ["default"]
     assert {"demo", "mediapipe_local", "real_cpu", "real_long", "real_gpu"} <= set(
         _options("experiment"))
 
@@ -158,3 +169,66 @@ def test_lr_schedule_builds_and_steps_for_any_run_length(tmp_path, steps):
         opt_cfg["optimizer"].step()
         scheduler.step()
     assert all(g["lr"] >= 0 for g in opt_cfg["optimizer"].param_groups)
+
+
+# The callbacks train.train built in code before they became the `callbacks` group, in order.
+BEFORE = [ModelCheckpoint, SaveLastCheckpoint, BufferTelemetry, CheckpointOnException,
+          ScheduleOnResume, ReclaimProducerCores]
+WITH_LOGGER = [LearningRateMonitor, StudentThroughput]
+
+
+def _callbacks(tmp_path, *overrides, loggers=None, **kwargs):
+    cfg = _compose(tmp_path, *overrides)
+    loggers = make_loggers(cfg.logger) if loggers is None else loggers
+    return make_callbacks(cfg.callbacks, loggers=loggers, **kwargs)
+
+
+def test_default_callbacks_are_the_ones_train_used_to_build(tmp_path):
+    callbacks = _callbacks(tmp_path)  # logger=csv
+    assert [type(c) for c in callbacks] == BEFORE + WITH_LOGGER
+    checkpoint, last, _, saver, *_ = callbacks
+    folder = tmp_path.resolve() / "checkpoints"
+    assert Path(checkpoint.dirpath) == folder
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.filename) == (
+        "val/mpjpe_mm", "min", "step{step:06d}-mpjpe{val/mpjpe_mm:.1f}")
+    assert not checkpoint.auto_insert_metric_name and not checkpoint.save_last
+    assert (last.path, saver.path) == (folder / "last.ckpt", folder / "interrupted.ckpt")
+    assert callbacks[-2].logging_interval == "step"
+    assert callbacks[-1].log_every_n_steps is None and callbacks[5].every_n_steps == 50
+
+
+def test_callbacks_that_could_not_act_are_left_out(tmp_path):
+    assert [type(c) for c in _callbacks(tmp_path, "logger=none")] == BEFORE
+    fixed = _callbacks(tmp_path, "torch_threads=2", fixed_threads=True)
+    assert [type(c) for c in fixed] == [c for c in BEFORE if c is not ReclaimProducerCores
+                                        ] + WITH_LOGGER
+    panels = _callbacks(tmp_path, log_images=True)
+    assert [type(c) for c in panels] == BEFORE + WITH_LOGGER + [SkeletonPanels]
+    assert [type(c) for c in _callbacks(tmp_path, loggers=[], log_images=True)] == BEFORE
+
+
+@pytest.mark.parametrize("override", ["~callbacks.buffer_telemetry",
+                                      "callbacks.buffer_telemetry=null"])
+def test_a_callback_is_switched_off_by_override(tmp_path, override):
+    kinds = [type(c) for c in _callbacks(tmp_path, override)]
+    assert kinds == [c for c in BEFORE if c is not BufferTelemetry] + WITH_LOGGER
+
+
+def test_a_callback_is_added_and_changed_by_override(tmp_path):
+    callbacks = _callbacks(tmp_path, "+callbacks.timer._target_=lightning.pytorch.callbacks.Timer",
+                           "callbacks.reclaim_producer_cores.every_n_steps=10")
+    assert isinstance(callbacks[-1], Timer) and callbacks[5].every_n_steps == 10
+
+
+def _hydra(config, *overrides):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config, overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("config, runs", [("config", "runs"), ("evaluate", "runs/evaluate")])
+def test_run_folders_are_under_the_repository(config, runs):
+    cfg = _hydra(config)
+    assert cfg.paths.root_dir == str(REPO_ROOT)
+    run, sweep = Path(cfg.hydra.run.dir), Path(cfg.hydra.sweep.dir)
+    assert run.parent == REPO_ROOT / runs and sweep.parent == REPO_ROOT / runs / "multirun"
+    assert cfg.hydra.job.chdir is False

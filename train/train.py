@@ -48,14 +48,7 @@ from stream_pose.secrets import (
     refuse_config,
     refuse_overrides,
 )
-from train.callbacks import (
-    BufferTelemetry,
-    CheckpointOnException,
-    ReclaimProducerCores,
-    SaveLastCheckpoint,
-    ScheduleOnResume,
-    stream_telemetry,
-)
+from train.callbacks import CheckpointOnException, ReclaimProducerCores, stream_telemetry
 from train.loggers import WandbKeyError
 from train.panels import SkeletonPanels
 from train.throughput import StudentThroughput
@@ -103,8 +96,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Args:
         cfg: the composed config (conf/config.yaml): groups source, labeler, buffer, producer,
-            model, trainer, logger, and `seed`, `ckpt_path`, `torch_threads`,
-            `paths.output_dir`.
+            model, trainer, logger, callbacks (see `make_callbacks`), paths
+            (`paths.output_dir`), and `seed`, `ckpt_path`, `torch_threads`.
 
     Returns:
         The summary dict (see `run_summary`).
@@ -131,26 +124,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                              teacher=instantiate(cfg.labeler),
                              producer=instantiate(cfg.get("producer")))
     module = instantiate(cfg.model)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", monitor=MONITOR, mode="min",
-        filename="step{step:06d}-mpjpe{val/mpjpe_mm:.1f}", auto_insert_metric_name=False,
-        save_last=False,  # SaveLastCheckpoint: last.ckpt is the latest state, not the best
-    )
     loggers = make_loggers(cfg.get("logger"))
     hparams = redacted_config(cfg)  # the only config a logger sees: resolved, secrets masked
     for lg in loggers:
         lg.log_hyperparams(hparams)
-    saver = CheckpointOnException(checkpoint.dirpath)
-    callbacks: list[Callback] = [
-        checkpoint, SaveLastCheckpoint(checkpoint.dirpath), BufferTelemetry(), saver,
-        ScheduleOnResume(),
-        # A finite stream (source.loop=false) frees the producers' cores after one pass.
-        *([ReclaimProducerCores()] if cfg.get("torch_threads") is None else []),
-        *logger_callbacks(cfg.get("logger"), loggers),
-    ]
+    # The callbacks' folders are under the run folder as resolved above, as ModelCheckpoint's is.
+    resolved = OmegaConf.merge(cfg, {"paths": {"output_dir": str(run_dir)}})
+    callbacks = make_callbacks(resolved.get("callbacks"), loggers=loggers,
+                               log_images=bool((cfg.get("logger") or {}).get("log_images")),
+                               fixed_threads=cfg.get("torch_threads") is not None)
+    saver = next((c for c in callbacks if isinstance(c, CheckpointOnException)), None)
     trainer: L.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False
     )
+    checkpoint = trainer.checkpoint_callback  # ours, Lightning's default without it, or None
     _check_launch(trainer)
     preflight(cfg, datamodule, rank=trainer.global_rank, world_size=trainer.world_size)
     set_torch_threads(cfg.get("torch_threads"), ranks=trainer.world_size,
@@ -159,7 +146,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     status, start = "failed", time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        status = "interrupted" if saver.interrupted else "completed"  # see CheckpointOnException
+        # A Ctrl-C seen by CheckpointOnException stops fit without an exception.
+        status = "interrupted" if saver is not None and saver.interrupted else "completed"
     except SystemExit as exc:
         if not trainer.interrupted:
             raise
@@ -220,7 +208,7 @@ def record_train_videos(run_dir: Path, trainer: L.Trainer, datamodule: Any) -> P
 def run_summary(
     trainer: L.Trainer,
     datamodule: Any,
-    checkpoint: ModelCheckpoint,
+    checkpoint: ModelCheckpoint | None,
     run_dir: Path,
     *,
     teacher: str,
@@ -242,7 +230,7 @@ def run_summary(
     stream = stream_telemetry(datamodule)
     producer = getattr(datamodule, "producer_stats", None)
     mpjpe, mean_pose = metrics.get(MONITOR), metrics.get("val/mean_pose_mpjpe_mm")
-    best = checkpoint.best_model_path
+    best = checkpoint.best_model_path if checkpoint is not None else ""
     return {
         "status": status,
         "steps": trainer.global_step,
@@ -255,7 +243,7 @@ def run_summary(
         "train_videos": len(getattr(datamodule, "train_video_ids_seen", [])),
         "val_videos": len(getattr(datamodule, "val_video_ids", [])),
         MONITOR: mpjpe,
-        "best_val_mpjpe_mm": _number(checkpoint.best_model_score),
+        "best_val_mpjpe_mm": _number(checkpoint.best_model_score) if checkpoint else None,
         "val/pa_mpjpe_mm": metrics.get("val/pa_mpjpe_mm"),
         "val/mean_pose_mpjpe_mm": mean_pose,
         "mpjpe_vs_mean_pose": None if mpjpe is None or not mean_pose else mpjpe / mean_pose,
@@ -294,15 +282,38 @@ def make_loggers(cfg: DictConfig | None) -> list[Logger]:
     return [instantiate(kwargs)]
 
 
-def logger_callbacks(cfg: DictConfig | None, loggers: list[Logger]) -> list[Callback]:
-    """Callbacks that only matter with a logger: the learning rate, the student's samples/s
-    (`train.throughput`) and, if `cfg.log_images`, the W&B skeleton panels (`train.panels`,
-    which write val crops into the wandb run folder)."""
-    if not loggers:
-        return []
-    callbacks: list[Callback] = [LearningRateMonitor(logging_interval="step"), StudentThroughput()]
-    if cfg.get("log_images"):
-        callbacks.append(SkeletonPanels())
+# Callbacks that only report to a logger (LearningRateMonitor refuses to start without one).
+LOGGER_CALLBACKS = (LearningRateMonitor, StudentThroughput, SkeletonPanels)
+
+
+def make_callbacks(cfg: DictConfig | None, *, loggers: list[Logger], log_images: bool = False,
+                   fixed_threads: bool = False) -> list[Callback]:
+    """The callbacks of the `callbacks` group (conf/callbacks/), in its order.
+
+    A key set to null (or deleted, `~callbacks.<key>`) is left out. So are the callbacks that
+    could not act in this run, a decision that needs the run's other settings: `LOGGER_CALLBACKS`
+    without a logger; `SkeletonPanels` unless `log_images` (`logger.log_images`: W&B saves each
+    panel as a PNG, crops on disk, so it is opt-in); `ReclaimProducerCores` with
+    `fixed_threads` (`torch_threads` set: the user's thread count is kept).
+
+    Args:
+        cfg: the `callbacks` node, `{key: {_target_: ..., settings}}`; None: no callbacks.
+        loggers: the run's loggers (`make_loggers`).
+        log_images: whether the skeleton panels are wanted.
+        fixed_threads: whether `torch_threads` fixes the torch thread count.
+    """
+    callbacks: list[Callback] = []
+    for key, node in (cfg or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or node.get("_target_") is None:
+            raise ConfigError(f"callbacks.{key}: needs a _target_ (the callback's class)")
+        callback = instantiate(node)
+        if ((isinstance(callback, LOGGER_CALLBACKS) and not loggers)
+                or (isinstance(callback, SkeletonPanels) and not log_images)
+                or (isinstance(callback, ReclaimProducerCores) and fixed_threads)):
+            continue
+        callbacks.append(callback)
     return callbacks
 
 
@@ -322,8 +333,8 @@ def _check_launch(trainer: L.Trainer) -> None:
                          "DDP runs with `python -m train.train trainer=ddp ...` (or torchrun)")
 
 
-def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException) -> str:
-    where = (f"saved {saver.saved}; resume with ckpt_path={saver.saved}" if saver.saved
+def _interrupted_message(trainer: L.Trainer, saver: CheckpointOnException | None) -> str:
+    where = (f"saved {saver.saved}; resume with ckpt_path={saver.saved}" if saver and saver.saved
              else "no checkpoint saved (nothing learnt yet)")
     return f"interrupted at step {trainer.global_step}: {where}"
 
