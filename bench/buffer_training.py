@@ -26,7 +26,7 @@ step to the end of the last step, so Trainer start-up is excluded. With `--produ
 one producer process (`ProducerPool`, MediaPipe on `--video`, looping) keeps overwriting the
 buffer during both sides, never pausing (`reads_per_overwrite=None`), so the buffer side reads
 under concurrent writes and both sides share the CPU with it; with `none` (default) nothing
-writes during the timed steps. Target (DESIGN.md): buffer / static >= 0.9.
+writes during the timed steps. Target (docs/architecture.md, Targets): buffer / static >= 0.9.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from train.module import PoseDistillModule
 from video_sources.local import LocalSource
 
 BUFFER, STATIC = "buffer", "static"
-TARGET = (">=", 0.9)  # buffer / static training samples/s (DESIGN.md)
+TARGET = (">=", 0.9)  # buffer / static training samples/s (docs/architecture.md)
 POOL_START_TIMEOUT_S = 120.0
 
 

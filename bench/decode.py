@@ -15,7 +15,7 @@ once with the longer side scaled down to `--max-side` pixels (both take the outp
   `cv2.cvtColor(..., COLOR_BGR2RGB)` (OpenCV decodes to BGR; the teacher wants RGB).
 
 Reported: frames/s of each side (median over repeats) and the ratio ours/OpenCV. Target
-(DESIGN.md, on 2 CPU cores): >= 1.0 at max_side=640.
+(docs/architecture.md, Targets; on 2 CPU cores): >= 1.0 at max_side=640.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from video_sources.decode import decode_video_bytes, target_size
 
 OURS = "decode_video_bytes (memory)"
 OPENCV = "OpenCV VideoCapture (disk)"
-TARGET = (">=", 1.0)  # ours/OpenCV frames/s at the training max_side (DESIGN.md)
+TARGET = (">=", 1.0)  # ours/OpenCV frames/s at the training max_side (docs/architecture.md)
 
 
 def opencv_frames(path: Path, max_side: int | None) -> Iterator[np.ndarray]:

@@ -18,7 +18,7 @@ Four passes over the same frames, interleaved round by round, each timed in ms p
 - decode: the same `LocalSource` iterated alone (read, decode, `Frame`).
 
 Overhead per frame = producer - teacher: the producer's seconds per frame against the
-teacher's alone on already-decoded frames (the issue's definition). Target (DESIGN.md):
+teacher's alone on already-decoded frames (the issue's definition). Target (docs/architecture.md, Targets):
 overhead / teacher < 0.10. Inside the producer, `label_stream` also times its waits for the
 next frame (`LabelStats.source_wait_s`: the decoding the teacher's time did not hide), its
 teacher calls (`teacher_s`: slower than alone when the decode thread competes for a core) and
@@ -57,7 +57,7 @@ from video_sources.local import LocalSource
 
 PRODUCER, SERIAL, TEACHER, DECODE = "producer", "serial producer", "teacher", "decode"
 TEACHER_NAME = "teacher alone (pre-decoded frames)"
-TARGET = ("<", 0.10)  # (producer - teacher) / teacher time per frame (DESIGN.md)
+TARGET = ("<", 0.10)  # (producer - teacher) / teacher time per frame (docs/architecture.md)
 
 
 def training_buffer(capacity: int, storage: str) -> RingBuffer:

@@ -20,7 +20,7 @@ Torch threads are set as training sets them (`stream_pose.runtime.set_torch_thre
 but one, which the producer needs) unless `--torch-threads` is given. Reported: frames/s of each
 (median over repeats) and the ratio student/teacher, in wall time and again per CPU second of
 the process ([CPU] rows, which other jobs on a shared machine barely change). Target
-(DESIGN.md): >= 10 at batch 1.
+(docs/architecture.md): >= 10 at batch 1.
 The student's time excludes finding the person (a crop needs a box, from the previous frame's
 prediction or a detector), which MediaPipe's time includes.
 """
@@ -56,7 +56,7 @@ from train.student import PoseStudent
 from video_sources.local import LocalSource
 
 TEACHER = "MediaPipe teacher (whole frames)"
-TARGET = (">=", 10.0)  # student/teacher frames/s at batch 1 (DESIGN.md)
+TARGET = (">=", 10.0)  # student/teacher frames/s at batch 1 (docs/architecture.md)
 
 
 def training_student() -> PoseStudent:

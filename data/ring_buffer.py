@@ -21,7 +21,7 @@ of a sequence number happens with the lock held, and a lock release followed by 
 futex or POSIX semaphore underneath, whether threading's or multiprocessing's) orders the plain
 accesses around it: free on x86-64 (stores are seen in program order), and by the
 acquire/release semantics of those lock implementations on ARM64 (glibc, macOS). Python does
-not promise this in writing; tests/test_shared_buffer.py checks it with a checksum per sample
+not promise this in writing; tests/data/test_shared_buffer.py checks it with a checksum per sample
 under concurrent writer and reader processes.
 """
 

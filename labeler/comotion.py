@@ -3,7 +3,7 @@
 CoMotion detects people in each frame and refines every live track with the new image, so its
 output per frame is a track state: `pred_3d [1, T, 27, 3]` camera-frame metres, `pred_2d
 [1, T, 27, 2]` pixels, `id [1, T, 1]` (0 = empty slot), T = 48 slots. Its 27 joints are SMPL's
-"joints_face" (22 body joints + 5 face vertices), the skeleton of DESIGN.md, and its camera frame
+"joints_face" (22 body joints + 5 face vertices), the skeleton of docs/architecture.md, and its camera frame
 is ours (X right, Y down, Z forward; `pred_2d = project(K, pred_3d)`), so the conversion is
 `stream_pose.codec.label_from_camera` per live slot and nothing else.
 

@@ -13,7 +13,7 @@ Conventions, checked on ../shared/videos with model_complexity=1 (every frame, v
   scores 0.67 / 0.60 on a 2x crop around the head) finds the face, so the player faces the
   camera, and LEFT_SHOULDER / LEFT_HIP lie at larger image x than RIGHT_* (+196 px / +119 px),
   as a person's own left does when facing the camera.
-- World landmarks already use the camera-frame axes of DESIGN.md; no conversion is applied.
+- World landmarks already use the camera-frame axes of docs/architecture.md; no conversion is applied.
   Y down: in all 180 frames of running_athlete.mp4 and all 40 of basketball_single.mp4 both
   ankles have larger y than the nose and shoulders (frame 0 of running_athlete: ankles
   y = +0.76 / +0.34 m, nose y = -0.63 m). X right: the 3D x-order of the hips matches their 2D

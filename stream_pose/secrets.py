@@ -2,7 +2,7 @@
 
 Secrets (API keys, tokens) come from the environment or a `.env` file only, never from a config
 or the command line: Hydra saves both verbatim in `.hydra/`, W&B records the command line, and
-argparse echoes arguments in its errors (PITFALLS.md, Secrets). One rule serves everything a
+argparse echoes arguments in its errors (docs/pitfalls.md, Secrets). One rule serves everything a
 run writes:
 
 - a *secret name* is a key named `api_key`, `apikey`, `token`, `secret`, `password`, `passwd`

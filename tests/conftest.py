@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from shared_paths import REPO
 
 STEPS, VAL_EVERY = 6, 3

@@ -22,9 +22,9 @@ import pytest
 import requests
 import videotools
 from conftest import TINY_RUN
+from fakes.trickle import FakeWandb, TrickleServer
 from proctools import session_pids
 from shared_paths import REPO, VIDEOS
-from trickle_server import FakeWandb, TrickleServer
 
 from data.ring_buffer import RingBuffer
 from data.shared import SEGMENT_PREFIX, SHM_DIR, remove_stale_segments

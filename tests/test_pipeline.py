@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from shared_paths import REPO, VIDEOS
 
 import pipeline
-from shared_paths import REPO, VIDEOS
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """`pipeline.py --fetch` as a user runs it, against a fake Pexels on 127.0.0.1 that serves the
-API's wire format and the bytes of ../shared/videos (tests/pexels_fake.py)."""
+API's wire format and the bytes of ../shared/videos (tests/fakes/pexels.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from pexels_fake import FakePexels
+from fakes.pexels import FakePexels
 from shared_paths import REPO, VIDEOS
 
 KEY = "pipeline-test-key-9f8e7d6c5b4a"

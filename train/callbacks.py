@@ -127,7 +127,7 @@ class CheckpointOnException(L.Callback):
 
     An exception (or Ctrl-C outside the training loop, e.g. while the buffer fills) is saved
     from `on_exception`, which Lightning calls before it shuts down, whereas code after
-    `trainer.fit()` may never run (PITFALLS.md, Lightning). Not under DDP: a checkpoint is a
+    `trainer.fit()` may never run (docs/pitfalls.md, Lightning). Not under DDP: a checkpoint is a
     collective (the datamodule gathers every rank's videos, `save_checkpoint` ends in a
     barrier), and ranks that fail at different points would wait on each other forever (seen
     with gloo); `last.ckpt` of the last validation is the one to resume from there.

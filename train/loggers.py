@@ -46,7 +46,7 @@ def wandb_logger(save_dir: str | Path, project: str = "stream-pose", *,
 
     The key comes from the environment or from a `.env` file (found upwards from this package,
     i.e. the repository's; variables already set win). It never enters the config, so it stays
-    out of Hydra's run folder, the checkpoint and the W&B config (PITFALLS.md, secrets); the
+    out of Hydra's run folder, the checkpoint and the W&B config (docs/pitfalls.md, Secrets); the
     config W&B receives is `stream_pose.secrets.redacted_config` (sent by `train.train`).
     An offline run can be uploaded later with `wandb sync <save_dir>/wandb/offline-run-*`.
 

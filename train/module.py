@@ -94,7 +94,7 @@ class PoseDistillModule(L.LightningModule):
             raise ValueError("loss_lift_weight > 0 needs a student with head3d=lift "
                              "(model.net.head3d=lift)")
         # Only plain numbers go into the checkpoint: partials and modules would not load with
-        # torch.load(weights_only=True) (PITFALLS.md).
+        # torch.load(weights_only=True) (docs/pitfalls.md).
         self.save_hyperparameters(logger=False, ignore=["net", "augment", "optimizer", "scheduler"])
         self.net, self.augment = net, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -110,7 +110,7 @@ class PoseDistillModule(L.LightningModule):
         return self.net(image)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        """uint8 crops become float in [0, 1] here, on the device (DESIGN.md: images)."""
+        """uint8 crops become float in [0, 1] here, on the device (docs/architecture.md, data contracts)."""
         return batch.replace(image=image_to_float(batch.image))
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 
 This WRITES CROPS TO DISK: wandb saves every logged image as a PNG in the run folder
 (`<run>/wandb/<run-id>/files/media/images/`), the one exception to "no frame or crop is ever
-written" (DESIGN.md). It is therefore off by default and on only with `logger.log_images=true`.
+written" (docs/architecture.md). It is therefore off by default and on only with `logger.log_images=true`.
 
 Legend: N crops, J = 27 joints, S crop side in pixels. Crop pixels: x right, y down.
 Colours follow `serve.overlay`: the person's left side orange, right side blue, midline green

@@ -131,7 +131,7 @@ def _upright_rgb(frame: av.VideoFrame, max_side: int | None) -> np.ndarray:
     # shows the picture turned clockwise by theta = -rotation (fftools/cmdutils.c get_rotation,
     # ffplay.c: theta 90 -> transpose=clock), i.e. counter-clockwise by rotation, which is
     # np.rot90(image, rotation / 90). Checked on an iPhone portrait matrix [[0, 1], [-1, 0]]:
-    # rotation -90, turned clockwise (tests/test_decode.py). Odd angles round to quarter turns;
+    # rotation -90, turned clockwise (tests/video_sources/test_decode.py). Odd angles round to quarter turns;
     # mirrored matrices (rare) are not flipped back.
     quarter_turns = round(frame.rotation / 90) % 4
     return cv2.rotate(image, _CV2_ROTATE[quarter_turns]) if quarter_turns else image

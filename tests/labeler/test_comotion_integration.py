@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 import pytest
+from fakes.smpl import write_fake_smpl
 from shared_paths import REPO, VIDEOS
-from smpl_fake import write_fake_smpl
 
 from data.producer import label_stream
 from data.ring_buffer import RingBuffer

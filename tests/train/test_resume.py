@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes.pexels import FakePexels
 from hydra import compose, initialize_config_dir
-from pexels_fake import FakePexels
 from proctools import session_pids
-from shared_paths import REPO, VIDEOS
+from shared_paths import CONF_DIR, REPO, VIDEOS
 
 from data.datamodule import StreamDataModule
 from data.ring_buffer import RingBuffer
 from data.shared import SEGMENT_PREFIX, SHM_DIR
 from data.workers import ProducerPool, ProducerSettings
 from labeler.oracle import OracleTeacher
-from train.train import CONF_DIR, CheckpointNotFoundError, train
+from train.train import CheckpointNotFoundError, train
 from video_sources.local import LocalSource
 from video_sources.pexels import PexelsClient, PexelsSource
 from video_sources.synthetic import SyntheticSource

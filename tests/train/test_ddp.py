@@ -20,11 +20,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from proctools import session_pids
-from shared_paths import REPO
+from shared_paths import CONF_DIR, REPO
 
 from data.shared import SEGMENT_PREFIX, SHM_DIR
+from stream_pose.runtime import set_torch_threads
 from train.metrics import PoseErrorMetric
-from train.train import CONF_DIR, set_torch_threads, train
+from train.train import train
 
 STEPS, VAL_EVERY = 4, 2
 VAL_SAMPLES = 23  # odd: the two ranks' val shards need padding

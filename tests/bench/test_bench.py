@@ -17,12 +17,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from shared_paths import VIDEOS
 
 from bench import decode, procfs
 from bench.common import Report, Row, time_interleaved
 from data.producer import PREFETCH_FRAMES
 from data.ring_buffer import RingBuffer
-from shared_paths import VIDEOS
 
 TINY = VIDEOS / "street_short.mp4"  # 5 frames, 960x540
 FAST = ["--video", str(TINY), "--repeats", "1", "--warmup", "0", "--json"]

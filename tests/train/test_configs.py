@@ -9,6 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from omegaconf import OmegaConf
+from shared_paths import (
+    CONF_DIR,
+    VIDEOS,
+)
+from shared_paths import REPO as REPO_ROOT
 
 from train.callbacks import (
     BufferTelemetry,
@@ -19,9 +24,7 @@ from train.callbacks import (
 )
 from train.panels import SkeletonPanels
 from train.throughput import StudentThroughput
-from train.train import CONF_DIR, REPO_ROOT, make_callbacks, make_loggers
-
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+from train.train import make_callbacks, make_loggers
 
 
 def _compose(tmp_path, *overrides):
@@ -141,7 +144,7 @@ def test_no_logger(tmp_path):
 
 @pytest.mark.parametrize("key, offline", [(None, True), ("not-a-real-key", False)])
 def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch, key, offline):
-    from trickle_server import FakeWandb
+    from fakes.trickle import FakeWandb
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the logger starts no run until used
     monkeypatch.setattr("train.loggers.load_dotenv", lambda **kw: False)  # ignore a local .env

@@ -19,7 +19,7 @@ import numpy as np
 
 NUM_VERTICES = 6890
 NUM_FACES = 13776
-# SMPL's 24-joint kinematic tree: parents of the 22 body joints (DESIGN.md order) + the hands.
+# SMPL's 24-joint kinematic tree: parents of the 22 body joints (docs/architecture.md order) + the hands.
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 
 

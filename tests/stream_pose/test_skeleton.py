@@ -15,7 +15,7 @@ from stream_pose.skeleton import (
 
 def test_joint_count_and_design_order():
     assert NUM_JOINTS == 27
-    # Spot-check the DESIGN.md index table.
+    # Spot-check the docs/architecture.md joint table.
     assert JOINT_NAMES[0] == "pelvis"
     assert JOINT_NAMES[15] == "head"
     assert JOINT_NAMES[21] == "right_wrist"

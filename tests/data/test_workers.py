@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import REPO
 
 from data.producer import ProducerFailedError
 from data.ring_buffer import BufferStarvedError, RingBuffer, video_key
@@ -28,7 +29,6 @@ from labeler.oracle import OracleTeacher
 from video_sources.local import LocalSource
 from video_sources.synthetic import SyntheticSource
 
-REPO = Path(__file__).resolve().parents[1]
 VIDEOS = REPO.parent / "shared" / "videos"
 S = 32
 SYNTH = functools.partial(SyntheticSource, num_videos=8, frames_per_video=4, seed=0,
@@ -120,7 +120,8 @@ def test_synthetic_shards_are_disjoint_and_cover_the_split():
 
 @pytest.mark.skipif(not VIDEOS.is_dir(), reason="needs ../shared/videos")
 def test_pexels_shards_are_disjoint_and_cover_the_results(tmp_path):
-    from pexels_fake import FakePexels
+    from fakes.pexels import FakePexels
+
     from video_sources.pexels import PexelsClient, PexelsSource
 
     with FakePexels("k", VIDEOS) as fake:
@@ -294,9 +295,10 @@ def test_a_failed_pool_fails_the_training_step():
 @pytest.mark.slow
 def test_a_short_training_run_with_two_producer_processes(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
+    from shared_paths import CONF_DIR
 
     from data.datamodule import StreamDataModule
-    from train.train import CONF_DIR, train
+    from train.train import train
 
     modules, close = [], StreamDataModule.close
     monkeypatch.setattr(StreamDataModule, "close", lambda self: (modules.append(self),

@@ -1,7 +1,6 @@
 """The codec from teacher joints to labels and crops."""
 
 import numpy as np
-import pytest
 
 from stream_pose.camera import default_K, project
 from stream_pose.codec import crop_sample, label_from_camera, make_label

@@ -9,9 +9,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from shared_paths import CONF_DIR
 
 from train.module import PoseDistillModule
-from train.train import CONF_DIR, train
+from train.train import train
 
 SUMMARY_KEYS = {
     "status", "steps", "batch_size", "samples_pushed", "samples_consumed", "reads_per_sample",

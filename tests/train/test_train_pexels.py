@@ -1,4 +1,4 @@
-"""Training with `source=pexels` against the fake Pexels (tests/pexels_fake.py), and the API key
+"""Training with `source=pexels` against the fake Pexels (tests/fakes/pexels.py), and the API key
 kept out of the config, the command line and every file of the run folder."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import logging
 import sys
 
 import pytest
+from fakes.pexels import FakePexels
 from hydra import compose, initialize_config_dir
-from pexels_fake import FakePexels
-from shared_paths import VIDEOS
+from shared_paths import CONF_DIR, VIDEOS
 
 from stream_pose.secrets import SecretInConfigError, refuse_overrides
-from train.train import CONF_DIR, main, train
+from train.train import main, train
 from video_sources.splits import is_val_id
 
 KEY = "train-key-7c1d2e9f04ab"

@@ -24,8 +24,8 @@ from data.producer import (
 from data.ring_buffer import BufferStarvedError, RingBuffer
 from labeler.base import TeacherUnavailableError
 from stream_pose.camera import default_K
-from stream_pose.skeleton import PELVIS
 from stream_pose.codec import label_from_camera
+from stream_pose.skeleton import PELVIS
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
 

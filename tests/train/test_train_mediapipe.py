@@ -6,8 +6,9 @@ import math
 
 import pytest
 from hydra import compose, initialize_config_dir
+from shared_paths import CONF_DIR
 
-from train.train import CONF_DIR, train
+from train.train import train
 
 STEPS = 60
 

@@ -1,4 +1,4 @@
-"""Pexels client and source against a fake Pexels on 127.0.0.1 (tests/pexels_fake.py).
+"""Pexels client and source against a fake Pexels on 127.0.0.1 (tests/fakes/pexels.py).
 
 The fake serves the API's JSON and the bytes of ../shared/videos from memory; the only file
 written is the manifest in tmp_path. Backoff and pacing sleeps are recorded, not slept.
@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from pexels_fake import FakePexels
+from fakes.pexels import FakePexels
 from shared_paths import VIDEOS
 
 from video_sources import VideoSource

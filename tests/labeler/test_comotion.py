@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from fakes.smpl import fake_smpl_dict, write_fake_smpl
 from shared_paths import REPO, VIDEOS
-from smpl_fake import fake_smpl_dict, write_fake_smpl
 
 import labeler.comotion as cm
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class

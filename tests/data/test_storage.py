@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import VIDEOS
 
 from data.ring_buffer import RingBuffer
 from data.shared import SEGMENT_PREFIX, SHM_DIR
@@ -13,7 +14,6 @@ from stream_pose.camera import crop_affine, warp_image
 from stream_pose.types import Sample
 from video_sources.local import LocalSource
 
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 S = 128
 
 

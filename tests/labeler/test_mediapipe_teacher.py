@@ -13,12 +13,12 @@ import av
 import cv2
 import numpy as np
 import pytest
+from shared_paths import VIDEOS
 
 from labeler.base import Teacher, TeacherUnavailableError
 from stream_pose.skeleton import JOINT_INDEX, NUM_JOINTS, PELVIS
 from stream_pose.types import Frame, VideoRef
 
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 UNDEFINED = ("spine1", "spine2", "spine3", "neck", "left_collar", "right_collar", "head")
 RUN_FRAMES = (0, 60, 120)
 FRONTAL_FRAME = 24  # basketball_single: player faces the camera (see the teacher's docstring)

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from shared_paths import VIDEOS
 
 from data.datamodule import EmptyValidationSetError, StreamDataModule
 from data.ring_buffer import BufferStarvedError
@@ -27,7 +28,7 @@ from video_sources.synthetic import SyntheticSource
 
 HW = (48, 64)
 S = 32
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+
 PERSON = np.random.default_rng(0).normal(0, 0.15, (27, 3)) + [0.0, 0.0, 4.0]  # metres
 
 

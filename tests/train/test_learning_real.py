@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from shared_paths import REPO, SHARED
 
 pytest.importorskip("mediapipe")

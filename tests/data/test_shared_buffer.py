@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import REPO
 
 import data.ring_buffer as ring_buffer
 from data.ring_buffer import BufferLockTimeoutError, RingBuffer, buffer_layout, video_key
@@ -25,7 +26,7 @@ from data.shared import SEGMENT_PREFIX, SHM_DIR, SharedMemoryTooSmallError, layo
 from stream_pose.types import Sample
 
 S = 32
-REPO = Path(__file__).resolve().parents[1]
+
 HAS_SHM_DIR = os.path.isdir(SHM_DIR)
 
 
