@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from shared_paths import CONF_DIR, REPO
 
+from stream_pose.batch import Batch
 from stream_pose.secrets import MASK, is_secret_name, redacted_config, secret_values
 from stream_pose.skeleton import NUM_JOINTS
 from train import throughput
@@ -141,7 +142,9 @@ def test_student_throughput_counts_samples_over_training_time_only(monkeypatch):
     module = SimpleNamespace(device=torch.device("cpu"))
     cb = StudentThroughput()
     cb.on_train_start(trainer, module)
-    batch = {"image": torch.zeros(BATCH, 3, 4, 4, dtype=torch.uint8)}
+    batch = Batch(image=torch.zeros(BATCH, 3, 4, 4, dtype=torch.uint8),
+                  kpts2d=torch.zeros(BATCH, 27, 2), kpts3d=torch.zeros(BATCH, 27, 3),
+                  visibility=torch.ones(BATCH, 27), K_crop=torch.eye(3).expand(BATCH, 3, 3))
     for step, dt in ((1, 0.5), (2, 1.5), (3, 1.0), (4, 1.0)):
         clock.t += dt
         trainer.global_step = step
