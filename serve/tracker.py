@@ -34,14 +34,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from labeler.base import Teacher
 from serve.engine import CropModel, TorchCropModel
-from stream_pose.camera import apply_affine, crop_affine, square_box, warp_image
-from stream_pose.codec import CROP_MARGIN, bbox_from_kpts, in_frame
+from stream_pose.camera import square_box
+from stream_pose.codec import CROP_MARGIN, bbox_from_kpts, crop_from_box, in_frame
 from stream_pose.types import Frame
 
 logger = logging.getLogger(__name__)
@@ -206,21 +205,17 @@ class TopDownTracker:
         if not self._tracks:
             return [], 0.0
         t0 = time.perf_counter()
-        s = self.model.crop_size
-        squares = [square_box(t.box, self.margin) for t in self._tracks]  # (cx, cy, side)
-        affines = [crop_affine(cx, cy, side, s) for cx, cy, side in squares]
-        crops = np.stack([warp_image(frame.image, m, s).transpose(2, 0, 1) for m in affines])
-        out = self.model(crops)  # [P, J, 3], [P, J, 2], [P, J]
+        crops = [crop_from_box(frame.image, t.box, self.model.crop_size, self.margin)
+                 for t in self._tracks]
+        out = self.model(np.stack([c.image.transpose(2, 0, 1) for c in crops]))  # [P, ...]
         people = [
             PersonPose(
-                person=t.id, kpts2d=apply_affine(k2, cv2.invertAffineTransform(m)),
-                kpts3d=k3.astype(np.float32), tracked=t.tracked.copy(),
-                crop_xyxy=np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2],
-                                   dtype=np.float32),
-                box_from=box_from, confidence=c,
+                person=t.id, kpts2d=crop.to_image(k2), kpts3d=k3.astype(np.float32),
+                tracked=t.tracked.copy(), crop_xyxy=crop.box_xyxy, box_from=box_from,
+                confidence=c,
             )
-            for t, m, k2, k3, c, (cx, cy, side) in zip(
-                self._tracks, affines, out.kpts2d, out.kpts3d, out.confidence, squares)
+            for t, crop, k2, k3, c in zip(self._tracks, crops, out.kpts2d, out.kpts3d,
+                                          out.confidence)
         ]
         return people, 1000.0 * (time.perf_counter() - t0)
 

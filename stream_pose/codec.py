@@ -3,12 +3,17 @@
 Teachers call `make_label` (2D and 3D given) or `label_from_camera` (camera-frame 3D, 2D by
 projection); the producer calls `crop_sample` to turn a frame and a label into a `Sample`.
 Training and evaluation read the same fields, so there is no second conversion anywhere.
+Both ways of the crop map live here: `crop_from_box` cuts the crop a box gives (training,
+prediction and serving alike) and `Crop.to_image` takes crop-space points back to image pixels.
 
 Legend: J = 27 joints, S = crop side in pixels. 3D in metres, camera-frame axes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
 import numpy as np
 
 from stream_pose.camera import (
@@ -142,6 +147,50 @@ def box_crop_affine(bbox_xyxy: np.ndarray, crop_size: int, margin: float = CROP_
     return crop_affine(cx, cy, side, crop_size)
 
 
+@dataclass(frozen=True)
+class Crop:
+    """A square person crop and its map to and from the image.
+
+    Attributes:
+        image: `[S, S, 3]` uint8 RGB.
+        affine: `[2, 3]` float image-pixels -> crop-pixels map.
+        box_xyxy: `[4]` float32, the square crop in image pixels.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    box_xyxy: np.ndarray
+
+    def to_crop(self, points: np.ndarray) -> np.ndarray:
+        """`[..., 2]` image pixels -> crop pixels (float32)."""
+        return apply_affine(points, self.affine)
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """`[..., 2]` crop pixels (e.g. a student's `kpts2d`) -> image pixels (float32): the one
+        inverse of the crop map."""
+        return apply_affine(points, cv2.invertAffineTransform(self.affine))
+
+
+def crop_from_box(image: np.ndarray, bbox_xyxy: np.ndarray, crop_size: int,
+                  margin: float = CROP_MARGIN) -> Crop:
+    """The square crop training cuts for a person box: side `margin` x the box's longer side,
+    centred on the box, resized to `crop_size` (out-of-image pixels are black).
+
+    Args:
+        image: `[H, W, 3]` uint8 RGB.
+        bbox_xyxy: `[4]` person box, image pixels.
+        crop_size: S, pixels.
+        margin: crop side / longer box side (`CROP_MARGIN`).
+
+    Raises:
+        ValueError: if the box is degenerate.
+    """
+    cx, cy, side = square_box(bbox_xyxy, margin)
+    M = crop_affine(cx, cy, side, crop_size)
+    box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
+    return Crop(image=warp_image(image, M, crop_size), affine=M, box_xyxy=box)
+
+
 def crop_sample(
     frame: Frame, label: PersonLabel, crop_size: int, margin: float = CROP_MARGIN
 ) -> Sample:
@@ -153,12 +202,12 @@ def crop_sample(
     Raises:
         ValueError: if the person's box is degenerate.
     """
-    M = box_crop_affine(label.bbox_xyxy, crop_size, margin)
+    crop = crop_from_box(frame.image, label.bbox_xyxy, crop_size, margin)
     K = frame.K if frame.K is not None else default_K(*frame.hw)
-    crop = warp_image(frame.image, M, crop_size)  # [S, S, 3]
+    M = crop.affine
     return Sample(
-        image=np.ascontiguousarray(crop.transpose(2, 0, 1)),
-        kpts2d=apply_affine(label.kpts2d, M),
+        image=np.ascontiguousarray(crop.image.transpose(2, 0, 1)),
+        kpts2d=crop.to_crop(label.kpts2d),
         kpts3d=label.kpts3d.astype(np.float32, copy=True),
         visibility=label.visibility.astype(np.float32, copy=True),
         K_crop=crop_intrinsics(K, M),

@@ -66,3 +66,20 @@ def test_crop_sample_keeps_keypoints_on_the_person():
     ys, xs = np.nonzero(s.image[0] > 0)
     assert len(xs) > 0
     assert np.hypot(xs.mean() - s.kpts2d[j, 0], ys.mean() - s.kpts2d[j, 1]) < 1.5
+
+
+def test_crop_from_box_maps_both_ways():
+    from stream_pose.codec import crop_from_box
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    box = np.array([100.0, 40.0, 160.0, 200.0], np.float32)
+    crop = crop_from_box(image, box, 64)
+    assert crop.image.shape == (64, 64, 3)
+    side = 1.25 * 160.0  # CROP_MARGIN x the longer side, centred on the box
+    np.testing.assert_allclose(crop.box_xyxy, [130 - side / 2, 120 - side / 2,
+                                               130 + side / 2, 120 + side / 2], atol=1e-4)
+    pts = rng.uniform(50, 200, (27, 2)).astype(np.float32)
+    np.testing.assert_allclose(crop.to_image(crop.to_crop(pts)), pts, atol=1e-3)
+    centre = crop.to_crop(np.array([[130.0, 120.0]]))
+    np.testing.assert_allclose(centre, [[32.0, 32.0]], atol=1e-3)  # box centre -> S / 2
