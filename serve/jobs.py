@@ -108,6 +108,8 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
         with open(job_dir / "frames.jsonl", "w") as lines:
             for frame in frames_from_bytes(video, ref, SourceStats(),
                                            max_side=max_side or engine.max_side):
+                if frames == 0:
+                    size = _upright(size, frame.image)
                 result = session.step(frame.image, frame_number=frame.index,
                                       time_s=frame.time_s, original_size=size)
                 lines.write(json.dumps(hybrid_response(result, engine.name)) + "\n")
@@ -150,19 +152,26 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _probe(video: bytes) -> tuple[tuple[int, int] | None, int]:
-    """(W, H) of the first frame as decoded at full size, upright, and the frame count the
-    container declares (0: unknown); (None, 0) if undecodable (the main loop reports why)."""
+    """(W, H) of the coded picture and the frame count the container declares (0: unknown),
+    read from the container without decoding; (None, 0) if it cannot be opened (the decode loop
+    then reports why). A rotated video's upright size is W and H swapped (`_upright`)."""
     import av
 
-    from video_sources.decode import decode_video_bytes
-
     try:
-        _, _, image = next(iter(decode_video_bytes(video, max_frames=1)))
         with av.open(io.BytesIO(video)) as container:
-            frames = int(container.streams.video[0].frames or 0)
+            stream = container.streams.video[0]
+            size = (stream.codec_context.width, stream.codec_context.height)
+            return size, int(stream.frames or 0)
     except Exception:  # undecodable: process_video raises VideoDecodeError with the reason
         return None, 0
-    return (image.shape[1], image.shape[0]), frames
+
+
+def _upright(size: tuple[int, int] | None, image: np.ndarray) -> tuple[int, int] | None:
+    """The coded size turned as the decoder turned the picture (portrait vs landscape)."""
+    if size is None:
+        return None
+    w, h = size
+    return (h, w) if (image.shape[1] > image.shape[0]) != (w > h) and w != h else (w, h)
 
 
 def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:

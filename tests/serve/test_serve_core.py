@@ -182,3 +182,24 @@ def test_responses_have_the_seed_fields():
     preds = mmpose_predictions([{"frame_id": 0, "instances": []}], "test")
     assert preds["meta_info"]["num_keypoints"] == NUM_JOINTS
     assert math.isfinite(body["processing_time_ms"])
+
+
+def test_a_job_answers_in_the_upright_frame_of_a_rotated_phone_video(tmp_path):
+    """A portrait phone clip stored landscape with a display matrix: the job decodes it upright
+    (downscaled) and reports sizes and 2D in the upright full-size frame."""
+    import json
+
+    import videotools
+    from serve.engine import Engine
+    from serve.jobs import process_video
+    from shared_paths import VIDEOS
+
+    pytest.importorskip("mediapipe")
+    data = (VIDEOS / "street_short.mp4").read_bytes()  # 960 x 540, 5 frames
+    rotated = videotools.with_display_matrix(data, 0, 1, -1, 0)
+    result = process_video(Engine("mediapipe"), rotated, tmp_path / "job")
+    first = json.loads((tmp_path / "job" / "frames.jsonl").read_text().splitlines()[0])
+    assert result["frames"] == 5
+    assert (first["frame_width"], first["frame_height"]) == (540, 960)
+    xs = [k["x"] for p in first["people"] for k in p["keypoints"] if k["confidence"]]
+    assert all(0 <= x <= 540 for x in xs)
