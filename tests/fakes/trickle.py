@@ -8,7 +8,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 
-class TrickleServer:
+class _LocalServer:
+    """A threading HTTP server on a free port of 127.0.0.1 with `handler`, run while in a `with`
+    block; `stop` is set on exit so that handlers blocked on it return."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str = "") -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}{path}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        time.sleep(0)  # let handler threads see the stop
+
+
+class TrickleServer(_LocalServer):
     """Serves any GET with `Content-Length: declared` and then one byte every `every_s`
     seconds, until the client goes or the server stops. Use as a context manager; `url`."""
 
@@ -32,23 +53,10 @@ class TrickleServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/slow_clip.mp4"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        time.sleep(0)  # let handler threads see the stop
+        super().__init__(Handler, "/slow_clip.mp4")
 
 
-class FakeWandb:
+class FakeWandb(_LocalServer):
     """A W&B server stand-in on 127.0.0.1 for `train.loggers.check_wandb_online`: answers every
     POST with `status` (401: a refused key; 200: a known one), or never (`status=None`, a
     server that accepts connections and hangs). Use as a context manager; `url`."""
@@ -71,16 +79,4 @@ class FakeWandb:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
