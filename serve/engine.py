@@ -34,6 +34,7 @@ from torch import nn
 from labeler import TEACHERS, teacher_class
 from labeler.base import Teacher
 from stream_pose.skeleton import JOINT_NAMES, NUM_JOINTS
+from train.student import heatmap_confidence
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ class TorchCropModel:
 
     @torch.inference_mode()
     def __call__(self, crops: np.ndarray) -> CropPoses:
-        from train.student import heatmap_confidence
-
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).float() / 255.0
         with self._lock:
             if hasattr(self.net, "forward_with_heatmaps"):

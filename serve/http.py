@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -285,8 +286,6 @@ def job_status(record: dict[str, Any]) -> dict[str, Any]:
     started = record["started_at"]
     elapsed = None
     if started:
-        from datetime import datetime
-
         end = datetime.fromisoformat(record["completed_at"]) if record["completed_at"] else None
         elapsed = ((end or datetime.fromisoformat(now_iso())) -
                    datetime.fromisoformat(started)).total_seconds()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import av
 import numpy as np
 
 from serve.engine import Engine
@@ -43,6 +44,7 @@ from serve.store import TaskStore
 from stream_pose.draw import draw_pose
 from stream_pose.types import VideoRef
 from video_sources.base import SourceStats
+from video_sources.decode import VideoDecodeError
 from video_sources.frames import frames_from_bytes
 
 logger = logging.getLogger(__name__)
@@ -127,8 +129,6 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
         if writer is not None:
             writer.close()
     if frames == 0:
-        from video_sources.decode import VideoDecodeError
-
         raise VideoDecodeError(f"{name}: no decodable video frame")
     predictions = job_dir / "predictions.json"
     predictions.write_text(json.dumps(mmpose_predictions(instances, engine.name)))
@@ -155,8 +155,6 @@ def _probe(video: bytes) -> tuple[tuple[int, int] | None, int]:
     """(W, H) of the coded picture and the frame count the container declares (0: unknown),
     read from the container without decoding; (None, 0) if it cannot be opened (the decode loop
     then reports why). A rotated video's upright size is W and H swapped (`_upright`)."""
-    import av
-
     try:
         with av.open(io.BytesIO(video)) as container:
             stream = container.streams.video[0]
