@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= mediapipe,export,serve,dev
+EXTRAS ?= mediapipe,pretrained,export,serve,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 

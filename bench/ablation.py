@@ -12,7 +12,8 @@ real `train.module.PoseDistillModule` losses, `data.augment.BatchAugment` and
 `data.ring_buffer.video_weights`, and is evaluated on the held-out clips exactly as
 `bench.learning` evaluates a checkpoint (student vs the plain teacher, mean-pose baseline of
 its own training targets). A variant is a list of overrides of conf/model/<preset>.yaml plus
-two data options: `video_balance` and `flip_tta` (train on the flip-averaged labels).
+three data options: `video_balance`, `flip_tta` (train on the flip-averaged labels) and
+`crop_size` (the corpus is labelled once per crop size that the chosen variants use).
 Reported per variant: held-out MPJPE, PA-MPJPE, their ratios to the mean pose, 2D PCK and the
 minutes it trained (wall clock, so run it alone on the machine).
 """
@@ -33,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bench.common import REPO_ROOT, load_conf, model_preset
-from bench.learning import ClipSet, clip_metrics, label_clip, pooled, predict
+from serve.clips import ClipSet, clip_metrics, label_clip, pooled, predict
 from data.ring_buffer import video_weights
 from labeler.flip_tta import FlipTTATeacher
 from stream_pose.batch import Batch
@@ -49,6 +50,7 @@ AUG_ON = ["augment.enabled=true"]
 STRONG = ["augment.rot_prob=0.5", "augment.rot_max_deg=30", "augment.scale_range=[0.75,1.25]",
           "augment.shift_frac=0.1", "augment.color_jitter=0.3"]
 LIFT = ["net.head3d=lift", "net.dropout=0.1", "loss_lift_weight=1.0"]
+EFFL0 = [*AUG_ON, *LIFT, "loss_heatmap_weight=0.1"]
 VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "base": ("student_s", AUG_ON, {}),
     "anchored": ("student_s", [*AUG_ON, "net.head3d=anchored"], {}),
@@ -64,6 +66,18 @@ VARIANTS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "lift_bg_strong": ("student_s", [*AUG_ON, *LIFT, *STRONG,
                                      "augment.background_swap_prob=0.5"], {"video_balance": 0.5}),
     "lift_m": ("student_m", [*AUG_ON, *LIFT], {"video_balance": 0.5}),
+    # The pretrained EfficientNet-Lite0 trunk (conf/model/student_effl0.yaml) with the heads and
+    # data of lift_heatmap, then one fine-tuning choice changed at a time.
+    "effl0": ("student_effl0", EFFL0, {"video_balance": 0.5}),
+    "effl0_random": ("student_effl0", [*EFFL0, "net.pretrained=false"], {"video_balance": 0.5}),
+    "effl0_trunk_lr0.3": ("student_effl0", [*EFFL0, "trunk_lr_mult=0.3"], {"video_balance": 0.5}),
+    "effl0_bn_frozen": ("student_effl0", [*EFFL0, "net.freeze_bn_stats=true"],
+                        {"video_balance": 0.5}),
+    "effl0_bn_m0.01": ("student_effl0", [*EFFL0, "net.bn_momentum=0.01"], {"video_balance": 0.5}),
+    "effl0_freeze3": ("student_effl0", [*EFFL0, "net.frozen_stages=3"], {"video_balance": 0.5}),
+    "effl0_freeze4": ("student_effl0", [*EFFL0, "net.frozen_stages=4"], {"video_balance": 0.5}),
+    "effl0_flip_tta": ("student_effl0", EFFL0, {"video_balance": 0.5, "flip_tta": True}),
+    "effl0_160": ("student_effl0", EFFL0, {"video_balance": 0.5, "crop_size": 160}),
 }
 DEFAULT_VARIANTS = ("base", "lift", "lift_bg")
 
@@ -133,6 +147,11 @@ def build_module(preset: str, overrides: list[str], steps: int, crop_size: int
     node.scheduler.max_lr = node.optimizer.lr
     node.scheduler.pct_start = 0.05
     return instantiate(node)
+
+
+def variant_crop_size(name: str, default: int) -> int:
+    """The crop side a variant trains at: its `crop_size` data option, else `default`."""
+    return int(VARIANTS[name][2].get("crop_size", default))
 
 
 def train_variant(name: str, corpus: Corpus, steps: int, batch_size: int, seed: int
@@ -260,14 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --batch-size must be > 0, --crop-size a multiple of 32")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    corpus = label_corpus(args.crop_size)
+    corpora: dict[int, Corpus] = {}
     results = []
     for name in args.variants:
-        results.append(train_variant(name, corpus, args.steps, args.batch_size, args.seed))
+        size = variant_crop_size(name, args.crop_size)
+        if size not in corpora:
+            corpora[size] = label_corpus(size)
+        results.append(train_variant(name, corpora[size], args.steps, args.batch_size, args.seed))
         a = results[-1]["all"]
         logger.info("%s: MPJPE %.1f mm, ratio %.3f, PA ratio %.3f, %.1f min", name,
                     a["mpjpe_mm"], a["mpjpe_vs_mean_pose"], a["pa_mpjpe_vs_mean_pose"],
                     results[-1]["minutes"])
+    corpus = corpora.get(args.crop_size) or label_corpus(args.crop_size)
     lifts = [teacher_lift(corpus, args.steps, 128, args.seed, noise)
              for noise in ((0.0, 0.03) if args.teacher_lift else ())]
     if args.json:

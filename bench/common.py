@@ -54,6 +54,19 @@ def model_preset(name: str) -> DictConfig:
     return node
 
 
+def preset_student(preset: str, crop_size: int | None = None, head3d: str | None = None):
+    """The student of conf/model/<preset>.yaml in eval mode, at `crop_size` (default: training's)
+    with `head3d` if given. A pretrained trunk is built with random weights: speed and size do
+    not depend on them, and the benchmark then needs no weights package."""
+    net_cfg = OmegaConf.to_container(model_preset(preset).net, resolve=False)
+    net_cfg["crop_size"] = crop_size or training_crop_size()
+    if head3d is not None:
+        net_cfg["head3d"] = head3d
+    if "pretrained" in net_cfg:
+        net_cfg["pretrained"] = False
+    return instantiate(net_cfg).eval()
+
+
 def training_crop_size() -> int:
     """Crop side S in pixels that training uses (`buffer.crop_size`, conf/buffer/default.yaml)."""
     return int(load_conf("buffer", "default").crop_size)

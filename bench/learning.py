@@ -9,7 +9,10 @@ The held-out clips are the training run's validation videos (`source.val_videos`
 every number here is on people, places and cameras the student never trained on. Each clip is
 decoded in memory, every frame is labelled by the teacher on the frame *and* on its mirror image
 (`labeler.flip_tta.FlipTTATeacher.label_pairs`), and the person crops are cut exactly as training
-cuts them (`stream_pose.codec.crop_sample`, the teacher's box). Reported per clip and pooled:
+cuts them (`stream_pose.codec.crop_sample`, the teacher's box). Labelling, prediction and the
+metrics are the evaluation core's (`serve.clips`, which `serve.evaluate` uses too); this module
+picks the clips, adds the speed and the targets, and plots the learning curves. Reported per clip
+and pooled:
 
 - student vs teacher: MPJPE, PA-MPJPE, PCK3D@150 mm (pelvis-relative 3D, visible joints), 2D PCK
   in crop pixels at 0.05 and 0.1 of the crop side (what serving draws), per-joint MPJPE;
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -44,185 +46,23 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bench.common import REPO_ROOT
-from labeler.flip_tta import FlipTTATeacher
 from serve.checkpoint import LoadedStudent, load_student
-from stream_pose.camera import apply_affine
-from stream_pose.codec import box_crop_affine, crop_sample
-from stream_pose.skeleton import FLIP_PERM, JOINT_NAMES
-from train.metrics import mpjpe, pa_mpjpe, pck3d
+from serve.clips import clip_table, label_clip, measure_clips, teacher_pair
 from train.module import image_to_float
 
 logger = logging.getLogger("bench.learning")
 
-PCK2D_FRACTIONS = (0.05, 0.1)  # of the crop side
 TARGET_RATIO, TARGET_PA_RATIO = 0.6, 0.7  # issue 10: student / mean pose, pooled
 CURVES_PNG, REPORT_JSON = "learning_curves.png", "learning.json"
-CLIP_FIELDS = ("image", "kpts2d", "kpts3d", "visibility", "K_crop", "mirror2d", "mirror3d",
-               "mirror_vis")
-
-
-@dataclass
-class ClipSet:
-    """One held-out clip, labelled and cropped in memory.
-
-    Attributes:
-        video_id: the clip's id.
-        image: `[N, 3, S, S]` uint8 crops, one per labelled person.
-        kpts2d: `[N, J, 2]` float32 crop pixels (the teacher's).
-        kpts3d: `[N, J, 3]` float32 metres, pelvis-relative (the teacher's).
-        visibility: `[N, J]` float32 in {0, 1}.
-        K_crop: `[N, 3, 3]` float32 crop intrinsics.
-        mirror2d: `[N, J, 2]` the teacher on the mirror image, mirrored back, in crop pixels.
-        mirror3d: `[N, J, 3]` the same in 3D (0 where the mirror pass missed the person).
-        mirror_vis: `[N, J]` visibility of `mirror2d`/`mirror3d` (all 0 where it missed).
-        frames: frames decoded.
-        teacher_s: seconds in the teacher, both passes.
-    """
-
-    video_id: str
-    image: torch.Tensor
-    kpts2d: torch.Tensor
-    kpts3d: torch.Tensor
-    visibility: torch.Tensor
-    K_crop: torch.Tensor
-    mirror2d: torch.Tensor
-    mirror3d: torch.Tensor
-    mirror_vis: torch.Tensor
-    frames: int
-    teacher_s: float
-
-
-def label_clip(source: Any, teacher: FlipTTATeacher, video_id: str, crop_size: int) -> ClipSet:
-    """Label every frame of one clip (plain and mirrored) and cut the crops.
-
-    Args:
-        source: a finite `VideoSource` over this one clip.
-        teacher: the flip pair teacher; reset here first.
-        video_id: the clip's id (for the report).
-        crop_size: S, the student's crop side.
-    """
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in CLIP_FIELDS}
-    teacher.reset()
-    frames, teacher_s = 0, 0.0
-    for frame in source:
-        frames += 1
-        start = time.perf_counter()
-        pairs = teacher.label_pairs(frame)
-        teacher_s += time.perf_counter() - start
-        for plain, mirrored in pairs:
-            try:
-                sample = crop_sample(frame, plain, crop_size)
-            except ValueError:  # degenerate box: training skips it too
-                continue
-            rows["image"].append(sample.image)
-            rows["kpts2d"].append(sample.kpts2d)
-            rows["kpts3d"].append(sample.kpts3d)
-            rows["visibility"].append(sample.visibility)
-            rows["K_crop"].append(sample.K_crop)
-            if mirrored is None:
-                mirrored = dataclasses.replace(plain, visibility=np.zeros_like(plain.visibility))
-            affine = box_crop_affine(plain.bbox_xyxy, crop_size)  # the plain crop's
-            rows["mirror2d"].append(apply_affine(mirrored.kpts2d, affine))
-            rows["mirror3d"].append(mirrored.kpts3d)
-            rows["mirror_vis"].append(mirrored.visibility)
-    if not rows["image"]:
-        raise RuntimeError(f"the teacher found nobody in held-out clip {video_id!r}")
-    arrays = {k: torch.from_numpy(np.stack(v)) for k, v in rows.items()}
-    return ClipSet(video_id=video_id, frames=frames, teacher_s=teacher_s, **arrays)
-
-
-@torch.no_grad()
-def predict(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 128
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student `(kpts3d [N, J, 3] m, kpts2d [N, J, 2] crop px)` for uint8 crops `[N, 3, S, S]`."""
-    net.eval()
-    out3, out2 = [], []
-    for i in range(0, len(images), batch_size):
-        out = net(image_to_float(images[i:i + batch_size]))
-        out3.append(out.kpts3d)
-        out2.append(out.kpts2d)
-    return torch.cat(out3), torch.cat(out2)
-
-
-def clip_metrics(clip: ClipSet, pred3d: torch.Tensor, pred2d: torch.Tensor,
-                 mean_pose: torch.Tensor) -> dict[str, Any]:
-    """Student, mean-pose and flip-floor errors on one clip (mm, %), plus per-joint sums.
-
-    Per-joint entries (`_joint_sum_mm`, `_joint_count`) let clips be pooled exactly.
-    """
-    gt, vis = clip.kpts3d, clip.visibility
-    mean = mean_pose.to(gt).expand_as(gt)
-    side = clip.image.shape[-1]
-    d2 = torch.linalg.vector_norm(pred2d - clip.kpts2d, dim=-1)  # [N, J] crop px
-    both = vis * clip.mirror_vis
-    err = torch.linalg.vector_norm(pred3d - gt, dim=-1) * vis  # [N, J] m
-    out: dict[str, Any] = {
-        "video_id": clip.video_id,
-        "frames": clip.frames,
-        "people": len(gt),
-        "mpjpe_mm": 1000 * mpjpe(pred3d, gt, vis).item(),
-        "pa_mpjpe_mm": 1000 * pa_mpjpe(pred3d, gt, vis).item(),
-        "pck3d_150": 100 * pck3d(pred3d, gt, vis).item(),
-        "mean_pose_mpjpe_mm": 1000 * mpjpe(mean, gt, vis).item(),
-        "mean_pose_pa_mpjpe_mm": 1000 * pa_mpjpe(mean, gt, vis).item(),
-        "flip_floor_mpjpe_mm": 1000 * mpjpe(clip.mirror3d, gt, both).item() if both.any() else None,
-        "flip_floor_pa_mpjpe_mm": (1000 * pa_mpjpe(clip.mirror3d, gt, both).item()
-                                   if both.any() else None),
-        "teacher_ms_per_frame": 1000 * clip.teacher_s / max(clip.frames, 1) / 2,
-        "_joint_sum_mm": (1000 * err.sum(0)).tolist(),
-        "_joint_count": vis.sum(0).tolist(),
-    }
-    for frac in PCK2D_FRACTIONS:
-        hit = ((d2 < frac * side).float() * vis).sum() / vis.sum().clamp_min(1)
-        out[f"pck2d_{frac:g}"] = 100 * hit.item()
-    out["left_right_swapped_pct"] = 100 * left_right_swapped(pred2d, clip.kpts2d, vis).item()
-    out["mpjpe_vs_mean_pose"] = out["mpjpe_mm"] / out["mean_pose_mpjpe_mm"]
-    out["pa_mpjpe_vs_mean_pose"] = out["pa_mpjpe_mm"] / out["mean_pose_pa_mpjpe_mm"]
-    return out
-
-
-def left_right_swapped(pred2d: torch.Tensor, kpts2d: torch.Tensor, vis: torch.Tensor
-                       ) -> torch.Tensor:
-    """Fraction of people whose predicted 2D fits the teacher better with left and right swapped.
-
-    A person's left/right decides which way they face (front or back), and the lifted 3D turns
-    with it: a swapped person is roughly mirrored in depth. Mean 2D error over visible joints,
-    as predicted vs with `FLIP_PERM` applied to the prediction.
-
-    Args:
-        pred2d, kpts2d: `[N, J, 2]` crop pixels; vis: `[N, J]`.
-
-    Returns:
-        Scalar in [0, 1].
-    """
-    perm = torch.as_tensor(FLIP_PERM)
-    weight = vis / vis.sum(1, keepdim=True).clamp_min(1)
-    err = (torch.linalg.vector_norm(pred2d - kpts2d, dim=-1) * weight).sum(1)
-    swapped = (torch.linalg.vector_norm(pred2d[:, perm] - kpts2d, dim=-1) * weight).sum(1)
-    return (swapped < err).float().mean()
-
-
-def pooled(clips: list[ClipSet], preds: list[tuple[torch.Tensor, torch.Tensor]],
-           mean_pose: torch.Tensor) -> dict[str, Any]:
-    """`clip_metrics` over every person of every clip together (the headline row)."""
-    cat = ClipSet(
-        video_id="all", frames=sum(c.frames for c in clips),
-        teacher_s=sum(c.teacher_s for c in clips),
-        **{k: torch.cat([getattr(c, k) for c in clips]) for k in CLIP_FIELDS},
-    )
-    return clip_metrics(cat, torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds]),
-                        mean_pose)
 
 
 def student_ms_per_frame(net: torch.nn.Module, crop_size: int, repeats: int = 50) -> float:
@@ -258,54 +98,41 @@ def clip_source(run: DictConfig, video_id: str) -> Any:
                    max_frames=None)
 
 
-def teacher_pair(run: DictConfig) -> FlipTTATeacher:
-    """The plain/mirror pair over the run's teacher (unwrapped if it was flip-averaged already).
-
-    The student is compared with the plain teacher, as a user would run it.
-    """
-    node = run.labeler
-    inner = node.get("teacher") if "flip_tta" in str(node.get("_target_", "")) else node
-    return FlipTTATeacher(instantiate(inner))
-
-
 def evaluate_run(loaded: LoadedStudent, ids: list[str]) -> dict[str, Any]:
-    """Label the held-out clips, run the student, and build the report (see module docstring)."""
+    """Label the held-out clips, run the student, and build the report (see module docstring).
+
+    The clips are labelled whole by `serve.clips.teacher_pair` (the student is compared with the
+    plain teacher) and measured by `serve.clips.measure_clips`.
+
+    Returns:
+        checkpoint, step, teacher, `clips` (one `serve.clips.clip_metrics` row per clip), `all`
+        (the pooled row), `per_joint_mpjpe_mm`, `student_ms_per_frame`, `teacher_ms_per_frame`,
+        `torch_threads` and `targets` (name -> met).
+    """
     run = loaded.run_config
-    net, mean_pose = loaded.net.eval(), loaded.mean_pose.mean()
-    teacher = teacher_pair(run)
-    clips, preds, rows = [], [], []
+    teacher = teacher_pair(run.labeler)
+    clips = []
     try:
         for video_id in ids:
             source = clip_source(run, video_id)
             try:
-                clip = label_clip(source, teacher, video_id, loaded.crop_size)
+                clips.append(label_clip(source, teacher, video_id, loaded.crop_size))
             finally:
                 source.close()
-            pred = predict(net, clip.image)
-            clips.append(clip)
-            preds.append(pred)
-            rows.append(clip_metrics(clip, *pred, mean_pose))
-            logger.info("%s: %d people, MPJPE %.1f mm (mean pose %.1f mm)", video_id,
-                        rows[-1]["people"], rows[-1]["mpjpe_mm"], rows[-1]["mean_pose_mpjpe_mm"])
+            logger.info("%s: %d people in %d frames", video_id, len(clips[-1]),
+                        clips[-1].frames)
     finally:
         teacher.close()
-    total = pooled(clips, preds, mean_pose)
-    per_joint = {
-        name: s / n for name, s, n in zip(JOINT_NAMES, total.pop("_joint_sum_mm"),
-                                           total.pop("_joint_count")) if n > 0
-    }
-    for row in rows:
-        row.pop("_joint_sum_mm")
-        row.pop("_joint_count")
-    student_ms = student_ms_per_frame(net, loaded.crop_size)
+    measured = measure_clips(loaded.net, clips, loaded.mean_pose.mean())
+    rows, total = measured.clips, measured.pooled
     return {
         "checkpoint": str(loaded.checkpoint),
         "step": loaded.step,
         "teacher": teacher.name,
         "clips": rows,
         "all": total,
-        "per_joint_mpjpe_mm": per_joint,
-        "student_ms_per_frame": student_ms,
+        "per_joint_mpjpe_mm": measured.per_joint_mpjpe_mm(),
+        "student_ms_per_frame": student_ms_per_frame(loaded.net, loaded.crop_size),
         "teacher_ms_per_frame": total["teacher_ms_per_frame"],
         "torch_threads": torch.get_num_threads(),
         "targets": {
@@ -318,21 +145,9 @@ def evaluate_run(loaded: LoadedStudent, ids: list[str]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table (one row per clip, then all clips pooled) and notes."""
-    head = ("| clip | people | MPJPE | PA-MPJPE | PCK3D@150 | 2D PCK@0.05 / @0.1 | L/R swapped "
-            "| mean pose (PA) | ratio (PA ratio) | flip floor (PA) |")
     lines = [f"checkpoint {report['checkpoint']} (step {report['step']}), teacher "
-             f"{report['teacher']}; errors in mm vs the teacher, PCK and swaps in %", "", head,
-             "|" + "---|" * 10]
-    for row in [*report["clips"], report["all"]]:
-        floor = row["flip_floor_mpjpe_mm"]
-        floor_text = "n/a" if floor is None else f"{floor:.0f} ({row['flip_floor_pa_mpjpe_mm']:.0f})"
-        lines.append(
-            f"| {row['video_id']} | {row['people']} | {row['mpjpe_mm']:.1f} | "
-            f"{row['pa_mpjpe_mm']:.1f} | {row['pck3d_150']:.1f} | {row['pck2d_0.05']:.1f} / "
-            f"{row['pck2d_0.1']:.1f} | {row['left_right_swapped_pct']:.0f} | "
-            f"{row['mean_pose_mpjpe_mm']:.1f} "
-            f"({row['mean_pose_pa_mpjpe_mm']:.1f}) | {row['mpjpe_vs_mean_pose']:.2f} "
-            f"({row['pa_mpjpe_vs_mean_pose']:.2f}) | {floor_text} |")
+             f"{report['teacher']}; errors in mm vs the teacher, PCK and swaps in %", "",
+             *clip_table([*report["clips"], report["all"]])]
     joints = ", ".join(f"{k} {v:.0f}" for k, v in report["per_joint_mpjpe_mm"].items())
     ok = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in report["targets"].items())
     lines += ["", f"per-joint MPJPE (mm): {joints}",

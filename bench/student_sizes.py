@@ -13,8 +13,6 @@ hits them alike. ms/frame is the median over repeats of the mean over `--frames`
 from __future__ import annotations
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import (
@@ -22,24 +20,20 @@ from bench.common import (
     Row,
     emit,
     make_parser,
-    model_preset,
     parse_args,
     positive_int,
+    preset_student,
     time_interleaved,
 )
 from train.module import image_to_float
 from train.student import PoseStudent
 
-PRESETS = ("student_s", "student_m", "student_l")
+PRESETS = ("student_s", "student_m", "student_l", "student_effl0")
 
 
 def build(preset: str, crop_size: int, head3d: str | None) -> PoseStudent:
     """The preset's student (conf/model/<preset>.yaml, its `defaults` applied) in eval mode."""
-    net_cfg = OmegaConf.to_container(model_preset(preset).net, resolve=False)
-    net_cfg["crop_size"] = crop_size
-    if head3d is not None:
-        net_cfg["head3d"] = head3d
-    return instantiate(net_cfg).eval()
+    return preset_student(preset, crop_size, head3d)
 
 
 def mflops(net: PoseStudent) -> float:

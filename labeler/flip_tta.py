@@ -115,6 +115,14 @@ def average_labels(a: PersonLabel, b: PersonLabel, image_hw: tuple[int, int]) ->
     )
 
 
+def pair_label(
+    plain: PersonLabel, mirrored: PersonLabel | None, image_hw: tuple[int, int]
+) -> PersonLabel | None:
+    """The label `FlipTTATeacher.label` gives one `label_pairs` pair: the plain label where the
+    mirror pass missed the person, else `average_labels` of the two (None when it rejects it)."""
+    return plain if mirrored is None else average_labels(plain, mirrored, image_hw)
+
+
 class FlipTTATeacher:
     """Teacher protocol over any teacher: the mean of its labels on a frame and on its mirror.
 
@@ -151,10 +159,10 @@ class FlipTTATeacher:
         return match_people(plain, mirrored)
 
     def label(self, frame: Frame) -> list[PersonLabel]:
-        """Averaged labels (see `average_labels`), one per person the plain pass found."""
+        """Averaged labels (see `pair_label`), one per person the plain pass found."""
         out = []
         for a, b in self.label_pairs(frame):
-            label = a if b is None else average_labels(a, b, frame.image.shape[:2])
+            label = pair_label(a, b, frame.image.shape[:2])
             if label is not None:
                 out.append(label)
         return out

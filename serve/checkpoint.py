@@ -136,7 +136,9 @@ def load_student(checkpoint: str | Path, run_config: str | Path | None = None) -
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "state_dict" not in ckpt:
         raise CheckpointError(f"{checkpoint} is not a Lightning checkpoint (no state_dict)")
-    net: PoseStudent = instantiate(cfg.model.net)
+    # The checkpoint holds every weight: no need for (or dependence on) the ImageNet package.
+    net: PoseStudent = instantiate(cfg.model.net, **({"pretrained": False}
+                                                     if "pretrained" in cfg.model.net else {}))
     mean_pose = MeanPoseBaseline()
     _load_part(net, ckpt["state_dict"], "net.", checkpoint, config_path)
     _load_part(mean_pose, ckpt["state_dict"], "mean_pose.", checkpoint, config_path)

@@ -3,12 +3,16 @@
     python -m serve.evaluate checkpoint=runs/<run>/checkpoints/last.ckpt
     python -m serve.evaluate checkpoint=... source=local labeler=mediapipe max_samples=256
 
-The crops and labels come from the same code as training's validation set: the source's split
-(default "val", split by video id) is labelled by the teacher and cropped by
-`StreamDataModule` into a frozen in-memory set. The student is compared with those labels
-(teacher labels on real video, ground truth on synthetic video with the oracle teacher) through
-`train.metrics.PoseErrorMetric`, the metric that validation logs, and under the same keys.
-Prints a table and writes `eval.json` (metrics and metadata only, never images).
+The held-out people are, by default, those training validated on: the source's split (default
+"val", split by video id) labelled by the run's teacher, in video order, at most `max_samples`
+people, cut by the crop code training uses. Labelling, prediction and the metrics are the
+evaluation core's (`serve.clips`, which the benchmarks use too), so eval.json holds, per clip
+(video id) and pooled: the student vs the teacher (MPJPE, PA-MPJPE, PCK3D@150 mm, 2D PCK), the
+mean-pose baseline, the teacher's flip floor (its mirror pass vs itself, `flip_floor=true`) and
+the share of people seen facing the wrong way (left/right swapped). The pooled 3D figures are also
+written under the keys validation logs (`train.metrics.metric_dict`), and equal them on the same
+set. Labels are the teacher's on real video and the ground truth on synthetic video with the
+oracle teacher. Prints a table and writes `eval.json` (metrics and metadata only, never images).
 
 Legend: B batch, J = 27 joints, S crop side. 3D in metres, pelvis-relative, camera axes.
 """
@@ -19,15 +23,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
-from data.datamodule import StreamDataModule
+from data.datamodule import EmptyValidationSetError
+from labeler.flip_tta import FlipTTATeacher
 from serve.checkpoint import (
     CheckpointError,
     LoadedStudent,
@@ -35,11 +39,17 @@ from serve.checkpoint import (
     load_student,
     required_checkpoint,
 )
+from serve.clips import (
+    ClipReport,
+    ClipSet,
+    clip_table,
+    clip_teacher,
+    label_clips,
+    measure_clips,
+)
 from stream_pose.runtime import CONF_DIR
 from stream_pose.skeleton import JOINT_NAMES
-from train.metrics import MeanPoseBaseline, PoseErrorMetric, PoseErrors, metric_dict
-from train.module import image_to_float
-from train.student import PoseStudent
+from train.metrics import metric_dict
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +61,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg: conf/evaluate.yaml: `checkpoint`, optional `run_config`, `source` / `labeler`
             (None: the training run's), `split`, `max_samples` (None: the run's
             `buffer.val_max_samples`, so that the defaults rebuild the very set training
-            validated on), `batch_size`, `device`, `seed` (None: the run's), `out` (None:
+            validated on), `flip_floor` (also label the mirror images, for the teacher's flip
+            floor), `batch_size`, `device`, `seed` (None: the run's), `out` (None:
             `paths.output_dir`).
 
     Returns:
@@ -68,15 +79,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.seed = run.seed  # the source groups interpolate ${seed}
     source_cfg = cfg.source if cfg.get("source") else run.source
     labeler_cfg = cfg.labeler if cfg.get("labeler") else run.labeler
-    data = held_out_set(source_cfg, labeler_cfg, split=cfg.split, crop_size=loaded.crop_size,
-                        max_samples=cfg.get("max_samples") or run.buffer.val_max_samples,
-                        batch_size=cfg.batch_size)
-    loader = data.val_dataloader()
-    student, baseline = measure(loaded.net, loaded.mean_pose, loader, torch.device(cfg.device))
+    clips, mirror_pass = held_out_clips(
+        source_cfg, labeler_cfg, split=cfg.split, crop_size=loaded.crop_size,
+        max_samples=cfg.get("max_samples") or run.buffer.val_max_samples,
+        flip_floor=cfg.get("flip_floor", True),
+    )
+    measured = measure_clips(loaded.net, clips, loaded.mean_pose.mean(),
+                             batch_size=cfg.batch_size, device=torch.device(cfg.device))
     report = build_report(
-        loaded, student, baseline, split=cfg.split, samples=len(loader.dataset),
-        video_ids=data.val_video_ids, source=_class_attr(source_cfg, "kind"),
-        teacher=_class_attr(labeler_cfg, "name"),
+        loaded, measured, split=cfg.split, source=_class_attr(source_cfg, "kind"),
+        teacher=_class_attr(labeler_cfg, "name"), mirror_pass=mirror_pass,
     )
     out = Path(cfg.out or cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,83 +97,84 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def held_out_set(
+def held_out_clips(
     source_cfg: DictConfig, labeler_cfg: DictConfig, *, split: str, crop_size: int,
-    max_samples: int, batch_size: int,
-) -> StreamDataModule:
-    """The frozen evaluation set, built by the DataModule that builds training's val set.
+    max_samples: int, flip_floor: bool = True,
+) -> tuple[list[ClipSet], bool]:
+    """The evaluation set, one `serve.clips.ClipSet` per video: the people training validates on.
 
-    The source's `split` is labelled by the teacher and cropped to `crop_size` in memory, at
-    most `max_samples` people in video order; `val_dataloader()` then yields its batches.
+    The source's `split` (not looped) is labelled by the teacher and cropped to `crop_size` in
+    memory, in video order, at most `max_samples` people, kept as training's frozen val set
+    keeps them (`serve.clips.label_clips`).
+
+    Args:
+        source_cfg, labeler_cfg: conf/source and conf/labeler nodes.
+        flip_floor: run the teacher's mirror pass too (see `serve.clips.clip_teacher`).
+
+    Returns:
+        `(clips, mirror_pass)`: the clips, and whether they carry the mirror pass.
 
     Raises:
         data.datamodule.EmptyValidationSetError: the split gave no labelled person.
     """
-    data = StreamDataModule(
-        _split_source(instantiate(source_cfg), split), instantiate(labeler_cfg),
-        capacity=max_samples, crop_size=crop_size, batch_size=batch_size, min_samples=1,
-        val_max_samples=max_samples,
-    )
-    data.setup("validate")  # no training stream: only the frozen set is built
-    return data
-
-
-@torch.no_grad()
-def measure(
-    net: PoseStudent, mean_pose: MeanPoseBaseline, loader: DataLoader, device: torch.device
-) -> tuple[PoseErrors, PoseErrors]:
-    """Pooled errors of the student and of the mean-pose baseline over every batch of `loader`.
-
-    Args:
-        net: the student, in eval mode.
-        mean_pose: the training run's mean target pose (the baseline).
-        loader: batches with `image` uint8 `[B, 3, S, S]`, `kpts3d` `[B, J, 3]` metres,
-            `visibility` `[B, J]`.
-        device: where the student runs.
-
-    Returns:
-        `(student, baseline)` `PoseErrors`.
-    """
-    net = net.to(device).eval()
-    mean = mean_pose.mean()  # [J, 3]
-    student, baseline = PoseErrorMetric(), PoseErrorMetric()
-    for batch in loader:
-        gt, vis = batch.kpts3d, batch.visibility
-        pred = net(image_to_float(batch.image.to(device))).kpts3d.cpu()
-        student.update(pred, gt, vis)
-        baseline.update(mean.expand_as(gt), gt, vis)
-    return student.compute(), baseline.compute()
+    source = instantiate(source_cfg)(split=split, loop=False)
+    try:
+        teacher, averaged = clip_teacher(labeler_cfg, mirror=flip_floor)
+        try:
+            clips = label_clips(source, teacher, crop_size, max_people=max_samples,
+                                averaged=averaged)
+            mirror_pass = isinstance(teacher, FlipTTATeacher)
+        finally:
+            teacher.close()
+    finally:
+        source.close()
+    if not clips:
+        raise EmptyValidationSetError(
+            f"the teacher found nobody in the {split!r} split of the source: give it videos "
+            "with people in that split (e.g. source.val_videos / val_fraction, or split=all)")
+    logger.info("evaluation set: %d people from %d videos: %s", sum(len(c) for c in clips),
+                len(clips), ", ".join(f"{c.video_id} ({len(c)})" for c in clips))
+    return clips, mirror_pass
 
 
 def build_report(
-    loaded: LoadedStudent, student: PoseErrors, baseline: PoseErrors, *, split: str,
-    samples: int, video_ids: list[str], source: str, teacher: str,
+    loaded: LoadedStudent, measured: ClipReport, *, split: str, source: str, teacher: str,
+    mirror_pass: bool,
 ) -> dict[str, Any]:
-    """eval.json: metadata, then `train.metrics.metric_dict` keys prefixed with the split.
+    """eval.json: metadata, the `train.metrics.metric_dict` keys prefixed with the split, then
+    the per-clip and pooled rows of the evaluation core.
 
-    Keys: checkpoint, step, source, teacher, split, samples, videos, video_ids, the metric keys
-    (for split "val" exactly those training logs: `val/mpjpe_mm`, `val/pa_mpjpe_mm`,
-    `val/pck3d_150`, `val/mean_pose_mpjpe_mm`, `val/mpjpe_vs_mean_pose`,
-    `val/mpjpe_mm/<joint>`), and `visible_samples` (joint name -> count, joints with any).
-    Errors in millimetres, PCK in percent.
+    Keys: checkpoint, step, source, teacher, split, samples (people), videos, video_ids; the
+    metric keys (for split "val" exactly those training logs: `val/mpjpe_mm`, `val/pa_mpjpe_mm`,
+    `val/pck3d_150`, `val/mean_pose_mpjpe_mm`, `val/mpjpe_vs_mean_pose`, `val/mpjpe_mm/<joint>`);
+    `visible_samples` (joint name -> count, joints with any); `mirror_pass` (whether the flip
+    floor was measured); `clips` (one `serve.clips.clip_metrics` row per video, without the
+    per-joint sums) and `all` (the same row pooled over every person: `video_id` "all").
+    Errors in millimetres, PCK and the left/right swap share in percent.
     """
+    student = measured.errors.student
     counts = {name: int(n) for name, n in zip(JOINT_NAMES, student.count.tolist()) if n > 0}
+    video_ids = [row["video_id"] for row in measured.clips]
     return {
         "checkpoint": str(loaded.checkpoint),
         "step": loaded.step,
         "source": source,
         "teacher": teacher,
         "split": split,
-        "samples": samples,
+        "samples": measured.pooled["people"],
         "videos": len(video_ids),
         "video_ids": video_ids,
-        **metric_dict(student, baseline, prefix=split),
+        **metric_dict(student, measured.errors.mean_pose, prefix=split),
         "visible_samples": counts,
+        "mirror_pass": mirror_pass,
+        "clips": measured.clips,
+        "all": measured.pooled,
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as an aligned plain-text table (headline metrics, then one row per joint)."""
+    """The report as plain text: headline metrics, the per-clip table (`serve.clips.clip_table`,
+    then all clips pooled), then one row per joint."""
     p = report["split"]
     lines = [
         f"checkpoint {report['checkpoint']} (step {report['step']})",
@@ -174,16 +187,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'mean-pose MPJPE':<24}{report[f'{p}/mean_pose_mpjpe_mm']:>9.1f} mm",
         f"{'student / mean pose':<24}{report[f'{p}/mpjpe_vs_mean_pose']:>9.2f}",
         "",
+        "per clip (errors in mm vs the teacher, PCK and swaps in %):",
+        *clip_table([*report["clips"], report["all"]]),
+        "",
         f"{'joint':<16}{'MPJPE mm':>10}{'visible':>9}",
     ]
     for name, count in report["visible_samples"].items():
         lines.append(f"{name:<16}{report[f'{p}/mpjpe_mm/{name}']:>10.1f}{count:>9d}")
     return "\n".join(lines)
-
-
-def _split_source(factory: Callable[..., Any], split: str) -> Callable[..., Any]:
-    """The source factory with `split` fixed: the DataModule asks for "val", evaluate may not."""
-    return lambda **kwargs: factory(**{**kwargs, "split": split})
 
 
 def _class_attr(node: DictConfig, attr: str) -> str:

@@ -5,8 +5,8 @@ pixels (x right, y down, pixel centres at integers); 3D in metres, pelvis-relati
 axes (X right, Y down, Z forward).
 
 The ring buffer stores and returns numpy fields (`data.ring_buffer.OUTPUT_FIELDS`); the datasets
-in `data.dataset` turn them into a `Batch`, which the module (`train.module`), the augmentation
-(`data.augment`), evaluation (`serve.evaluate`) and the benchmarks read by attribute. Lightning
+in `data.dataset` turn them into a `Batch`, which the module (`train.module`, training and
+validation), the augmentation (`data.augment`) and the benchmarks read by attribute. Lightning
 moves it to the device through `Batch.to` (its `transfer_batch_to_device` calls `.to` on any
 object that has one).
 """

@@ -67,9 +67,11 @@ class PoseDistillModule(L.LightningModule):
             loss, as a fraction of the crop side.
         augment: optional batch augmentation (`data.augment.BatchAugment`), applied on the device
             to training batches only.
+        trunk_lr_mult: learning rate of the student's trunk (`net.trunk`) relative to the rest;
+            below 1 fine-tunes a pretrained trunk more gently than the freshly initialised heads.
 
     Raises:
-        ValueError: on negative loss weights.
+        ValueError: on negative loss weights or a trunk_lr_mult <= 0.
     """
 
     def __init__(
@@ -84,12 +86,14 @@ class PoseDistillModule(L.LightningModule):
         heatmap_sigma: float = 1.0,
         loss_lift_weight: float = 0.0,
         lift_noise: float = 0.03,
+        trunk_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         weights = (loss_3d_weight, loss_2d_weight, loss_heatmap_weight, loss_lift_weight)
-        if min(weights) < 0 or lift_noise < 0 or heatmap_sigma <= 0:
-            raise ValueError(f"loss weights and lift_noise must be >= 0 and heatmap_sigma > 0, "
-                             f"got {weights}, {lift_noise}, {heatmap_sigma}")
+        if min(weights) < 0 or lift_noise < 0 or heatmap_sigma <= 0 or trunk_lr_mult <= 0:
+            raise ValueError(f"loss weights and lift_noise must be >= 0, heatmap_sigma and "
+                             f"trunk_lr_mult > 0, got {weights}, {lift_noise}, {heatmap_sigma}, "
+                             f"{trunk_lr_mult}")
         if loss_lift_weight > 0 and getattr(net, "head3d_kind", None) != "lift":
             raise ValueError("loss_lift_weight > 0 needs a student with head3d=lift "
                              "(model.net.head3d=lift)")
@@ -167,18 +171,38 @@ class PoseDistillModule(L.LightningModule):
         self.val_student.reset()
         self.val_mean_pose.reset()
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters in two groups, the trunk's and the rest, each with `lr_mult`
+        (the trunk's is `trunk_lr_mult`); frozen parameters are left out."""
+        trunk = {id(p) for p in self.net.trunk.parameters()}
+        mine = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in mine if id(p) in trunk],
+                   "lr_mult": self.hparams.trunk_lr_mult},
+                  {"params": [p for p in mine if id(p) not in trunk], "lr_mult": 1.0}]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self) -> Any:
-        """The optimizer over all parameters, and the scheduler stepped every optimizer step.
+        """The optimizer over the trainable parameters (`param_groups`, each group's learning
+        rate the factory's times its `lr_mult`), and the scheduler stepped every step.
 
         Raises:
             RuntimeError: if the module was built without an optimizer factory.
         """
         if self.optimizer_factory is None:
             raise RuntimeError("PoseDistillModule needs an optimizer factory to train")
-        optimizer = self.optimizer_factory(self.parameters())
+        groups = self.param_groups()
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if base_lr is not None:
+            for group in groups:
+                group["lr"] = base_lr * group["lr_mult"]
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        kwargs = {}
+        peak = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
+        if isinstance(peak, (int, float)):  # OneCycleLR: one scalar peak would undo the groups
+            kwargs["max_lr"] = [peak * g["lr_mult"] for g in optimizer.param_groups]
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

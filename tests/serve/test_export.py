@@ -10,7 +10,14 @@ from hydra import compose, initialize_config_dir
 from shared_paths import CONF_DIR
 
 from serve.checkpoint import MissingCheckpointError, load_student
-from serve.export import ExportableStudent, ExportError, check_onnx, check_tolerance, export
+from serve.export import (
+    ExportableStudent,
+    ExportError,
+    check_onnx,
+    check_tolerance,
+    export,
+    export_onnx,
+)
 from stream_pose.skeleton import JOINT_NAMES
 from train.student import PoseStudent
 
@@ -93,6 +100,18 @@ def test_torchscript_reloads_and_matches_torch_on_float_crops(trained_run, tmp_p
     ref3d, ref2d = _torch_reference(trained_run, image)
     np.testing.assert_allclose(kpts3d.numpy(), ref3d, atol=1e-6)
     np.testing.assert_allclose(kpts2d.numpy(), ref2d, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_efficientnet_student_exports_to_onnx_within_tolerance(tmp_path):
+    # The pretrained trunk's TF-style padding, ReLU6 and channels-last layout survive the export.
+    torch.manual_seed(0)
+    net = PoseStudent(128, backbone="efficientnet_lite0", head3d="lift").eval()
+    model = ExportableStudent(net, "uint8")
+    path = tmp_path / "effl0.onnx"
+    export_onnx(model, path, opset=18, metadata={"crop_size": "128"})
+    diff = check_onnx(model, path)
+    assert diff.kpts3d_m < 1e-4 and diff.kpts2d_px < 1e-2 and diff.confidence < 1e-3, diff
 
 
 def test_uint8_and_float_inputs_give_the_same_poses():

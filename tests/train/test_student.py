@@ -27,8 +27,8 @@ def test_default_size_is_compact():
 
 def test_normalisation_is_inside_the_model():
     net = PoseStudent(64, **SMALL)
-    torch.testing.assert_close(net.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
-    assert "mean" not in net.state_dict()  # constants, not weights
+    torch.testing.assert_close(net.trunk.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert "trunk.mean" not in net.state_dict()  # constants, not weights
 
 
 def test_soft_argmax_finds_a_peak_at_its_pixel_centre():
@@ -49,7 +49,7 @@ def test_gradients_reach_the_first_layer():
     net = PoseStudent(64, **SMALL)
     out = net(net.example_input(2))
     (out.kpts3d.sum() + out.kpts2d.sum()).backward()
-    assert net.stem[0].weight.grad is not None and net.stem[0].weight.grad.abs().sum() > 0
+    assert net.trunk.stem[0].weight.grad is not None and net.trunk.stem[0].weight.grad.abs().sum() > 0
 
 
 def test_bad_inputs_are_rejected():
