@@ -2,6 +2,7 @@
 
     python -m bench.ablation [--variants base lift lift_bg ...] [--steps 3000] [--json]
     python -m bench.ablation --list
+    python -m bench.ablation --table docs/results/ablation_effl0_400_steps.json   # re-print a --json run
 
 Each clip of `source=real` (conf/source/real.yaml) is decoded in memory and labelled once by
 MediaPipe on the frame and on its mirror (`labeler.flip_tta.FlipTTATeacher.label_pairs`); the
@@ -26,6 +27,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,23 +235,26 @@ def teacher_lift(corpus: Corpus, steps: int, batch_size: int, seed: int,
 
 
 def format_rows(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per variant, pooled over the held-out clips, then per-clip ratios.
+    """Markdown: one row per variant, pooled over the held-out clips, then per-clip ratios and
+    the left/right swap share (pooled, and per clip in the same order).
 
     Each variant's mean pose is the mean of the targets it trained on, so video balancing
     changes the baseline as well as the student.
     """
     clips = [r["video_id"] for r in results[0]["clips"]]
     head = ("| variant | MPJPE (ratio) | PA-MPJPE (ratio) | mean pose (PA) | 2D PCK@0.05 / @0.1 "
-            f"| per-clip ratio ({', '.join(clips)}) | min |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+            f"| per-clip ratio ({', '.join(clips)}) | L/R swapped % (per clip) | min |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in results:
         a = r["all"]
         per_clip = " / ".join(f"{c['mpjpe_vs_mean_pose']:.2f}" for c in r["clips"])
+        swaps = " / ".join(f"{c['left_right_swapped_pct']:.0f}" for c in r["clips"])
         lines.append(
             f"| {r['variant']} | {a['mpjpe_mm']:.1f} ({a['mpjpe_vs_mean_pose']:.3f}) | "
             f"{a['pa_mpjpe_mm']:.1f} ({a['pa_mpjpe_vs_mean_pose']:.3f}) | "
             f"{a['mean_pose_mpjpe_mm']:.1f} ({a['mean_pose_pa_mpjpe_mm']:.1f}) | "
-            f"{a['pck2d_0.05']:.1f} / {a['pck2d_0.1']:.1f} | {per_clip} | {r['minutes']:.1f} |")
+            f"{a['pck2d_0.05']:.1f} / {a['pck2d_0.1']:.1f} | {per_clip} | "
+            f"{a['left_right_swapped_pct']:.0f} ({swaps}) | {r['minutes']:.1f} |")
     a = results[0]["all"]
     lines += ["", f"teacher flip floor {a['flip_floor_mpjpe_mm']:.1f} mm "
               f"(PA {a['flip_floor_pa_mpjpe_mm']:.1f}); {a['people']} held-out people"]
@@ -270,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train the lifting head alone on the teacher's 2D (clean and "
                              "with 3%% noise): the 3D a perfect 2D would give")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--table", type=Path, metavar="JSON",
+                        help="print the Markdown table of an earlier --json run and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(format_rows([r for r in json.loads(args.table.read_text()) if "variant" in r]))
+        return 0
     if args.list:
         for name, (preset, overrides, data) in VARIANTS.items():
             print(f"{name}: model={preset} {' '.join(overrides)} {data or ''}")

@@ -391,13 +391,18 @@ def test_ablation_trains_each_variant_on_the_same_labelled_corpus():
     assert set(corpus.train["video"].tolist()) == {0, 1}  # two training clips
     averaged = ablation.flip_averaged(corpus.train)
     assert not torch.equal(averaged["kpts3d"], corpus.train["kpts3d"])  # the mirror pass differs
+    variants = ("base", "lift_bg", "effl0")  # effl0: the pretrained trunk through the harness
     results = [ablation.train_variant(v, corpus, steps=2, batch_size=4, seed=0)
-               for v in ("base", "lift_bg")]
+               for v in variants]
     for r in results:
         assert r["steps"] == 2 and r["minutes"] > 0 and len(r["clips"]) == 1
         assert 0 < r["all"]["mpjpe_mm"] and 0 < r["all"]["mean_pose_mpjpe_mm"]
+        assert 0 <= r["all"]["left_right_swapped_pct"] <= 100
     table = ablation.format_rows(results)
-    assert "| lift_bg |" in table and "teacher flip floor" in table
+    assert "| lift_bg |" in table and "| effl0 |" in table and "teacher flip floor" in table
+    assert "L/R swapped" in table
+    assert ablation.variant_crop_size("effl0_160", 64) == 160  # labelled again at its own size
+    assert ablation.variant_crop_size("effl0", 64) == 64
     lift = ablation.teacher_lift(corpus, steps=2, batch_size=8, seed=0, noise=0.03)
     assert lift["noise"] == 0.03 and lift["mpjpe_mm"] > 0 and lift["mpjpe_vs_mean_pose"] > 0
 

