@@ -165,7 +165,7 @@ class PoseStudent(nn.Module):
     Trunk: `ResNetTrunk` (backbone="resnet") or `train.efficientnet_lite.EfficientNetLite`;
     either gives stride-8, 16 and 32 maps. Neck: FPN-style top-down fusion of those maps to
     stride 8 for the heatmaps. ~1.0 M parameters with the ResNet defaults (0.6 M in the 3D head);
-    3.8 M with EfficientNet-Lite0 and the lifting head.
+    3.4 M with EfficientNet-Lite0 and the lifting head.
 
     Args:
         crop_size: S, the crop side in pixels; a multiple of 32 (the 3D head's input size
@@ -197,7 +197,7 @@ class PoseStudent(nn.Module):
         freeze_bn_stats: keep the trunk's BatchNorm layers in eval mode while training: the
             running statistics (ImageNet's, for a pretrained trunk) are used and never updated;
             their affine weights still learn.
-        frozen_stages: freeze the first k units of the trunk (the stem is unit 1, then each
+        frozen_stages: freeze the first k units of the trunk (the stem first, then each
             stage): no gradient, BatchNorm in eval mode. Saves their backward pass.
 
     Raises:
