@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bench.common import REPO_ROOT, load_conf, model_preset
-from serve.clips import ClipSet, clip_metrics, label_clip, pooled, predict
+from serve.clips import ClipSet, label_clip, measure_clips, pooled
 from data.ring_buffer import video_weights
 from labeler.flip_tta import FlipTTATeacher
 from stream_pose.batch import Batch
@@ -185,15 +185,9 @@ def train_variant(name: str, corpus: Corpus, steps: int, batch_size: int, seed: 
         optimizer.step()
         scheduler.step()
     minutes = (time.monotonic() - start) / 60
-    net, mean = module.net.eval(), mean_pose.mean()
-    preds = [predict(net, clip.image) for clip in corpus.held_out]
-    rows = [clip_metrics(c, *pr, mean) for c, pr in zip(corpus.held_out, preds)]
-    total = pooled(corpus.held_out, preds, mean)
-    for row in [*rows, total]:
-        row.pop("_joint_sum_mm")
-        row.pop("_joint_count")
+    report = measure_clips(module.net.eval(), corpus.held_out, mean_pose.mean())
     return {"variant": name, "preset": preset, "overrides": overrides, "data": data,
-            "steps": steps, "minutes": minutes, "all": total, "clips": rows}
+            "steps": steps, "minutes": minutes, "all": report.pooled, "clips": report.clips}
 
 
 def teacher_lift(corpus: Corpus, steps: int, batch_size: int, seed: int,

@@ -31,11 +31,6 @@ from train.student import PoseStudent
 PRESETS = ("student_s", "student_m", "student_l", "student_effl0")
 
 
-def build(preset: str, crop_size: int, head3d: str | None) -> PoseStudent:
-    """The preset's student (conf/model/<preset>.yaml, its `defaults` applied) in eval mode."""
-    return preset_student(preset, crop_size, head3d)
-
-
 def mflops(net: PoseStudent) -> float:
     """Millions of FLOPs of one batch-1 forward pass."""
     counter = FlopCounterMode(display=False)
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head3d", choices=("free", "anchored", "lift"), default="lift")
     parser.add_argument("--frames", type=positive_int, default=50)
     args = parse_args(parser, argv)
-    nets = {p: build(p, args.crop_size, args.head3d) for p in args.presets}
+    nets = {p: preset_student(p, args.crop_size, args.head3d) for p in args.presets}
     crop = torch.randint(0, 256, (1, 3, args.crop_size, args.crop_size), dtype=torch.uint8)
 
     def run(preset: str) -> int:
