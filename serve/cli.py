@@ -118,9 +118,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
     http.add_argument("--max-upload-mb", type=float, default=200.0,
                       help="largest video upload (default: %(default)s)")
     http.add_argument("--max-frame-mb", type=float, default=20.0,
-                      help="largest /pose/hybrid or /process body (default: %(default)s)")
+                      help="largest /pose/hybrid, /pose/frame or /process body, and largest "
+                      "/ws/pose frame (default: %(default)s)")
     http.add_argument("--max-sessions", type=int, default=32,
-                      help="live /pose/hybrid sessions (default: %(default)s)")
+                      help="live /pose/hybrid sessions, and live /ws/pose streams "
+                      "(default: %(default)s each)")
     return p
 
 
@@ -168,8 +170,10 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
                        job_workers=args.job_workers, max_sessions=args.max_sessions,
                        session_options=options)
     port = DEFAULT_PORTS[args.api] if args.port is None else args.port
+    # a websocket message over the frame limit is refused by the protocol layer (close 1009)
+    # before it is buffered whole; the app checks the exact limit below that
     uvicorn.run(create_app(cfg), host=args.host, port=port, log_level="info",
-                timeout_keep_alive=30)
+                timeout_keep_alive=30, ws_max_size=int(args.max_frame_mb * 1024 * 1024) + 65536)
     return 0
 
 

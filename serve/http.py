@@ -11,6 +11,9 @@ Routes (both profiles serve all of them; only `/health` differs, as the two seed
   fps?}` -> `serve.schemas.hybrid_response`. The session (tracks, filters) is chosen by the
   `X-Session-Id` header or the `session_id` field ("default" otherwise); a `frame_number` lower
   than the session's last one (a new video) starts a new session under that id.
+- `POST /pose/frame?frame_number=&session_id=&fps=`: the same answer for a raw image body
+  (`Content-Type: image/jpeg`, no base64, no JSON around it); 415 for another content type.
+- `GET /` (the live page) and `WS /ws/pose` (binary frames in, JSON out): `serve.live`.
 - `POST /process_video` (seed 002, synchronous) and `/process_video_async` (-> `job_id`):
   multipart `video` file + optional `num_workers`, `batch_size`, `overlay`, `max_side`;
   `GET /job_status/{job_id}`.
@@ -18,8 +21,8 @@ Routes (both profiles serve all of them; only `/health` differs, as the two seed
   under `--video-root`; `GET /status/{task_id}`, `GET /tasks`, `DELETE /tasks/{task_id}` (a queued
   task is cancelled; a processing one runs on, its record is removed).
 Errors (`{"detail": "..."}`): 400 bad JSON / base64 / image / video form, 403 a video outside
-`--video-root`, 404 unknown job, task or video file, 413 body over the size limit, 422 fields of
-the wrong type, 503 with `Retry-After` when the job queue is full.
+`--video-root`, 404 unknown job, task or video file, 413 body over the size limit, 415 a
+`/pose/frame` body that is not an image type, 422 fields of the wrong type, 503 with `Retry-After` when the job queue is full.
 
 Nothing raw reaches the disk: request bodies are read into memory (multipart uploads are parsed
 with a spool limit above the body limit, so Starlette never rolls them over to a temporary
@@ -50,8 +53,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serve.engine import Engine
-from serve.images import ImageDecodeError, decode_base64_image
+from serve.images import ImageDecodeError, decode_base64_image, decode_image
 from serve.jobs import EngineSpec, JobRunner, QueueFullError
+from serve.live import add_live_routes
 from serve.schemas import hybrid_response
 from serve.session import Session
 from serve.store import TaskStore, now_iso
@@ -114,6 +118,27 @@ class HybridRequest(BaseModel):
     visualize: bool = False
     session_id: str | None = Field(default=None, max_length=200)
     fps: float | None = Field(default=None, gt=0)
+
+
+class FrameQuery(BaseModel):
+    """The query string of `POST /pose/frame` (the body is the raw image)."""
+
+    model_config = ConfigDict(extra="ignore")
+    frame_number: int = Field(default=0, ge=0)
+    session_id: str | None = Field(default=None, max_length=200)
+    fps: float | None = Field(default=None, gt=0)
+
+    @classmethod
+    def from_query(cls, params: Any) -> "FrameQuery":
+        """Validated query parameters.
+
+        Raises:
+            HTTPException 422: a parameter of the wrong type.
+        """
+        try:
+            return cls.model_validate(dict(params))
+        except ValidationError as exc:
+            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
 
 
 class ProcessRequest(BaseModel):
@@ -344,6 +369,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     app = FastAPI(title="stream-pose", lifespan=lifespan,
                   description="3D human pose from a stream-pose student (or its teacher).")
 
+    add_live_routes(app, state, limit_frame, cfg.max_sessions)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         engine, counts = state["engine"], state["store"].counts()
@@ -368,18 +395,34 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         body = await read_json(request, limit_frame, HybridRequest)
         sid = request.headers.get("x-session-id") or body.session_id or "default"
         options = {"fps": body.fps} if body.fps else {}
-        return await run_in_threadpool(_pose_frame, sid, body, options, t0)
+        return await run_in_threadpool(_pose_frame, sid, body.frame_number, options, t0,
+                                       decode_base64_image, body.image_base64)
 
-    def _pose_frame(sid: str, body: HybridRequest, options: dict, t0: float) -> JSONResponse:
+    @app.post("/pose/frame")
+    async def pose_frame(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (kind.startswith("image/") or kind == "application/octet-stream"):
+            raise HTTPException(415, "send the frame as the raw body with Content-Type: "
+                                     f"image/jpeg (got {kind or 'none'!r})")
+        query = FrameQuery.from_query(request.query_params)
+        data = await read_body(request, limit_frame)
+        sid = request.headers.get("x-session-id") or query.session_id or "default"
+        options = {"fps": query.fps} if query.fps else {}
+        return await run_in_threadpool(_pose_frame, sid, query.frame_number, options, t0,
+                                       decode_image, data)
+
+    def _pose_frame(sid: str, frame_number: int, options: dict, t0: float,
+                    decode: Any, payload: Any) -> JSONResponse:
         t1 = time.perf_counter()
         try:
-            decoded = decode_base64_image(body.image_base64, state["engine"].max_side)
+            decoded = decode(payload, state["engine"].max_side)
         except ImageDecodeError as exc:
             raise HTTPException(400, str(exc)) from exc
         t2 = time.perf_counter()
-        session, lock = state["sessions"].acquire(sid, body.frame_number, options)
+        session, lock = state["sessions"].acquire(sid, frame_number, options)
         with lock:
-            result = session.step(decoded.image, frame_number=body.frame_number,
+            result = session.step(decoded.image, frame_number=frame_number,
                                   original_size=decoded.size)
         t3 = time.perf_counter()
         timings = {"decode": 1000 * (t2 - t1), "pose": 1000 * (t3 - t2),

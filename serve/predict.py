@@ -36,7 +36,7 @@ import numpy as np
 
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from serve.checkpoint import CheckpointError, load_student
-from serve.engine import ModelLoadError, OnnxCropModel, TorchCropModel
+from serve.models import ModelLoadError, OnnxCropModel, TorchCropModel
 from serve.fields import round_or_none, rounded_list
 from serve.overlay import VideoWriter
 from serve.tracker import FramePoses, PersonPose, TopDownTracker

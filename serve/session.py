@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from labeler.base import Teacher
-from serve.engine import CropModel
+from serve.models import CropModel
 from serve.filters import OneEuroConfig, OneEuroFilter
 from serve.tracker import IOU_SAME_PERSON, TopDownTracker, box_iou
 from stream_pose.camera import default_K
@@ -123,7 +123,7 @@ class Session:
     """Tracks, filters and gap-fills the poses of one video or client stream.
 
     Args:
-        crop_model: the student (`serve.engine.CropModel`), or None to serve the teacher alone.
+        crop_model: the student (`serve.models.CropModel`), or None to serve the teacher alone.
         teacher: boxes people for the student, or is the model itself; the session owns it
             (`close` closes it).
         redetect_every: the teacher runs at least every this many frames (student only).

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from labeler.base import Teacher
-from serve.engine import CropModel, TorchCropModel
+from serve.models import CropModel, TorchCropModel
 from stream_pose.camera import square_box
 from stream_pose.codec import CROP_MARGIN, bbox_from_kpts, crop_from_box, in_frame
 from stream_pose.types import Frame
@@ -98,7 +98,7 @@ class TopDownTracker:
     """Runs the student on video, frame by frame, boxing people as the module docstring says.
 
     Args:
-        net: the student: a `serve.engine.CropModel` (uint8 crops), or a torch module taking
+        net: the student: a `serve.models.CropModel` (uint8 crops), or a torch module taking
             crops `[B, 3, S, S]` float in [0, 1] (wrapped in `TorchCropModel`).
         teacher: places people (its `label` boxes); used only on some frames.
         redetect_every: the teacher runs at least every this many frames (>= 1).

