@@ -5,10 +5,13 @@ one thing a real detector cannot be told; everything else is the real code."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from servetools import KEYPOINT, SEED_HYBRID, SEED_STDIO, assert_fields
+from shared_paths import REPO
 
 from serve.fields import camera_translation, joint_angles
 from serve.filters import OneEuroConfig, OneEuroFilter
@@ -203,3 +206,14 @@ def test_a_job_answers_in_the_upright_frame_of_a_rotated_phone_video(tmp_path):
     assert (first["frame_width"], first["frame_height"]) == (540, 960)
     xs = [k["x"] for p in first["people"] for k in p["keypoints"] if k["confidence"]]
     assert all(0 <= x <= 540 for x in xs)
+
+
+def test_crop_models_sit_below_the_sessions_and_the_tracker():
+    """engine -> session -> tracker -> models, one way: importing the tracker or a session does
+    not import the engine (the import circle of issue 19 is gone)."""
+    code = ("import sys, serve.session, serve.tracker, serve.models; "
+            "print(sorted(m for m in sys.modules if m.startswith('serve.')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "serve.engine" not in proc.stdout and "serve.models" in proc.stdout
