@@ -94,7 +94,7 @@ def student_server(real_student_onnx, tmp_path_factory):
 
 
 def _open(browser, server):
-    page = browser.new_page(viewport={"width": 1100, "height": 560})
+    page = browser.new_page(viewport={"width": 1060, "height": 620})
     page.goto(server.url + "/")
     page.wait_for_function("window.streamPose.model !== null", timeout=30_000)
     return page
