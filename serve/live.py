@@ -13,8 +13,11 @@
   Frames are numbered 0, 1, ... in arrival order and timed by their arrival (the One Euro
   filters see real time). A text message `{"type": "reset"}` starts a new session (a new video).
   Close codes: 1009 a frame over `--max-frame-mb`; 1008 a flood (more than `MAX_DROPPED` frames
-  sent during one frame's processing) or a text message that is not a known command; 1013 more
-  than `--max-sessions` live connections; 1011 the model failed.
+  sent during one frame's processing), a text message that is not a known command, or a page of
+  another origin; 1013 more than `--max-sessions` live connections; 1011 the model failed.
+Browsers let any web page open a websocket to 127.0.0.1 (no CORS for websockets), so a
+connection whose `Origin` is not this server's own host is refused; clients that send no
+`Origin` (scripts, `serve.client`) are accepted.
 A client keeps one frame in flight: it sends the newest frame when the previous answer arrives,
 so latency does not grow behind a slow model.
 """
@@ -28,6 +31,7 @@ import threading
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
@@ -157,6 +161,13 @@ class _LiveStream:
         return {"type": "pose", **body}
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """True for no `Origin` (a script), or an `Origin` whose host:port is the `Host` header."""
+    if origin is None:
+        return True
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
 def add_live_routes(app: FastAPI, state: dict[str, Any], limit_bytes: int,
                     max_streams: int) -> None:
     """Register `GET /` and `WS /ws/pose` on `app`.
@@ -177,6 +188,10 @@ def add_live_routes(app: FastAPI, state: dict[str, Any], limit_bytes: int,
     async def ws_pose(ws: WebSocket) -> None:
         await ws.accept()
         stream = _LiveStream(ws, state["engine"], limit_bytes)
+        if not same_origin(ws.headers.get("origin"), ws.headers.get("host")):
+            await stream.close(CLOSE_POLICY, "cross-origin: open the page this server serves at "
+                                             "/ (or connect without an Origin header)")
+            return
         if live["streams"] >= max_streams:
             await stream.close(CLOSE_BUSY, f"server busy: {max_streams} live streams "
                                            "(--max-sessions); try again later")

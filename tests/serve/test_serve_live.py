@@ -4,6 +4,7 @@ client; and what bad or too-fast input gets back."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -88,6 +89,20 @@ def test_oversized_frames_and_text_get_clear_close_codes(server, jpegs):
     closed = _closed_with(_ws(server), "hello?")
     assert closed.code == 1008 and "binary" in closed.reason
     assert server.get("/health").json()["ready"] is True
+
+
+def test_a_page_of_another_origin_is_refused(server, jpegs):
+    """Any web page may open a websocket to 127.0.0.1; only the server's own page is served."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http://", "ws://") + "/ws/pose"
+    with connect(url, origin="http://evil.example") as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=30)
+        assert ws.close_code == 1008 and "cross-origin" in ws.close_reason
+    with connect(url, origin=server.url) as ws:  # the page's own origin
+        assert json.loads(ws.recv(timeout=60))["type"] == "hello"
 
 
 def test_a_flood_is_answered_by_drops_not_a_queue(server, jpegs):
