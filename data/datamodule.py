@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from data.dataset import BufferDataset, FrozenDataset
 from data.producer import (
-    Producer,
     ProducerFailedError,
     ProducerStats,
     StreamProducer,
@@ -45,7 +44,8 @@ from data.producer import (
 from data.ring_buffer import BufferStarvedError, RingBuffer, buffer_layout
 from data.shared import check_free_space, layout_nbytes
 from data.storage import make_storage
-from data.workers import ProducerPool, ProducerSettings, shard_kwargs, worker_shard
+from data.workers import ProducerSettings, shard_kwargs, worker_shard
+from data.workers.ray_farm import RayFarmSettings
 from labeler.base import Teacher
 from stream_pose.batch import Batch
 from video_sources.base import VideoSource
@@ -103,7 +103,7 @@ class StreamDataModule(L.LightningDataModule):
         storage: str = "raw",
         jpeg_quality: int = 90,
         jpeg_slot_bytes: int | None = None,
-        producer: ProducerSettings | None = None,
+        producer: ProducerSettings | RayFarmSettings | None = None,
         loader_workers: int = 0,
         batch_size: int = 64,
         min_samples: int = 512,
@@ -162,7 +162,7 @@ class StreamDataModule(L.LightningDataModule):
         for worker in range(workers):
             shard, num_shards = worker_shard(rank, worker, workers, world_size)
             self._source_factory(split="train", **shard_kwargs(shard, num_shards)).close()
-        if self.producer_settings.workers > 0 or self.loader_workers > 0:
+        if self.producer_settings.shared_buffer or self.loader_workers > 0:
             store = make_storage(crop_size=self.crop_size, **self.storage_options)
             nbytes = layout_nbytes(buffer_layout(self.capacity, self.crop_size, store))
             check_free_space(nbytes, f"a ring buffer of capacity {self.capacity}")
@@ -384,7 +384,7 @@ class StreamDataModule(L.LightningDataModule):
 
     def _start_train(self) -> None:
         """Start the producers and wait until the buffer holds `min_samples`."""
-        shared = self.producer_settings.workers > 0 or self.loader_workers > 0
+        shared = self.producer_settings.shared_buffer or self.loader_workers > 0
         self._buffer = RingBuffer(self.capacity, self.crop_size, seed=self.seed, shared=shared,
                                   **self.storage_options)
         self._producer = self._make_producer()
@@ -399,20 +399,15 @@ class StreamDataModule(L.LightningDataModule):
             logger.warning("videos in both train and val splits: %s", sorted(overlap))
 
     def _make_producer(self) -> StreamProducer:
-        """Producer processes, or the in-process thread (`workers=0`), on this rank's shard."""
+        """This rank's producer (`producer_settings.build`: processes, a thread or a Ray farm)
+        on its shard, skipping the videos a restored checkpoint used."""
         rank, world_size = self._rank()
         factory, skip = self._source_factory, self._skip_ids()
         if skip:
             factory = functools.partial(factory, skip_ids=skip)
-        if self.producer_settings.workers > 0:
-            return ProducerPool(
-                factory, self._teacher_factory, self._buffer,
-                settings=self.producer_settings, rank=rank, world_size=world_size,
-                reads_per_overwrite=self.reads_per_overwrite,
-            )
-        source = factory(split="train", **shard_kwargs(rank, world_size))
-        return Producer(source, self._teacher_factory, self._buffer,
-                        reads_per_overwrite=self.reads_per_overwrite)
+        return self.producer_settings.build(
+            factory, self._teacher_factory, self._buffer, rank=rank, world_size=world_size,
+            reads_per_overwrite=self.reads_per_overwrite)
 
     def _rank(self) -> tuple[int, int]:
         """(global rank, world size) from the attached trainer; (0, 1) without one."""

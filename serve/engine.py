@@ -12,8 +12,9 @@ A student is top-down: the teacher (`teacher`, MediaPipe by default) boxes peopl
 starts or is lost (`serve.tracker`), the student predicts every crop of a frame in one batch.
 
 The crop models (`CropModel`, the ONNX and torch adapters, `load_crop_model`) live in
-`serve.models`, below the sessions and the tracker; they are re-exported here. Teachers hold per-video state (MediaPipe's tracking),
-so each session gets its own teacher instance (`new_teacher`).
+`serve.models`, below the sessions and the tracker; they are re-exported here. Teachers hold
+per-video state (MediaPipe's tracking), so each session gets its own teacher instance
+(`new_teacher`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,15 @@ import numpy as np
 from labeler import TEACHERS, teacher_class
 from labeler.base import Teacher
 from serve.models import (  # noqa: F401 (re-exported: the crop models' old home)
-    DEFAULT_MAX_SIDE, TEACHER_MODELS, CropModel, CropPoses, ModelLoadError, OnnxCropModel,
-    TorchCropModel, load_crop_model)
+    DEFAULT_MAX_SIDE,
+    TEACHER_MODELS,
+    CropModel,
+    CropPoses,
+    ModelLoadError,
+    OnnxCropModel,
+    TorchCropModel,
+    load_crop_model,
+)
 from serve.session import Session
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ Routes (both profiles serve all of them; only `/health` differs, as the two seed
   task is cancelled; a processing one runs on, its record is removed).
 Errors (`{"detail": "..."}`): 400 bad JSON / base64 / image / video form, 403 a video outside
 `--video-root`, 404 unknown job, task or video file, 413 body over the size limit, 415 a
-`/pose/frame` body that is not an image type, 422 fields of the wrong type, 503 with `Retry-After` when the job queue is full.
+`/pose/frame` body that is not an image type, 422 fields of the wrong type, 503 with
+`Retry-After` when the job queue is full.
 
 Nothing raw reaches the disk: request bodies are read into memory (multipart uploads are parsed
 with a spool limit above the body limit, so Starlette never rolls them over to a temporary

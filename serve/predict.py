@@ -36,8 +36,8 @@ import numpy as np
 
 from labeler import TEACHERS, TeacherUnavailableError, teacher_class
 from serve.checkpoint import CheckpointError, load_student
-from serve.models import ModelLoadError, OnnxCropModel, TorchCropModel
 from serve.fields import round_or_none, rounded_list
+from serve.models import ModelLoadError, OnnxCropModel, TorchCropModel
 from serve.overlay import VideoWriter
 from serve.tracker import FramePoses, PersonPose, TopDownTracker
 from stream_pose.draw import draw_pose

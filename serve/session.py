@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from labeler.base import Teacher
-from serve.models import CropModel
 from serve.filters import OneEuroConfig, OneEuroFilter
+from serve.models import CropModel
 from serve.tracker import IOU_SAME_PERSON, TopDownTracker, box_iou
 from stream_pose.camera import default_K
 from stream_pose.codec import bbox_from_kpts

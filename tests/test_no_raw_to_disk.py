@@ -159,3 +159,40 @@ def test_training_writes_only_metadata_into_its_run_dir(tmp_path):
     assert (run_dir / "summary.json").is_file()
     assert np.isfinite(summary["val/mpjpe_mm"])
     _assert_no_media(run_dir, crop)
+
+
+@pytest.mark.slow
+def test_training_fed_by_the_ray_farm_writes_only_metadata(tmp_path):
+    """producer=ray: real MediaPipe actors on real clips feed the trainer through Ray's object
+    store. The trainer's process writes only into its run dir (and Ray's session logs); Ray
+    spills no object and its session holds no image; actor processes are audited byte by byte
+    in tests/data/test_ray_farm.py."""
+    pytest.importorskip("ray")
+    pytest.importorskip("mediapipe")
+    from hydra import compose, initialize_config_dir
+
+    from train.train import train
+
+    run_dir, crop = tmp_path / "run", 64
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "experiment=mediapipe_local", "producer=ray", "producer.actors=2",
+            "producer.object_store_mb=256", f"paths.output_dir={run_dir}",
+            "trainer.max_steps=8", "trainer.val_check_interval=4",
+            "trainer.enable_progress_bar=false", f"buffer.crop_size={crop}",
+            "buffer.capacity=512", "buffer.min_samples=48", "buffer.batch_size=16",
+            "buffer.val_max_samples=16", "source.frameskip=4",
+        ])
+    summary, writes, outside = _audited(lambda: train(cfg), run_dir)
+    ray_logs = [w for w in outside if w.startswith("/tmp/ray/")]
+    assert [w for w in outside if w not in ray_logs] == [], sorted(set(outside))
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert summary["train_videos"] >= 2  # both actors' shards reached the trainer
+    _assert_no_media(run_dir, crop)
+    sessions = list(Path("/tmp/ray").glob("session_*"))
+    assert not list(Path("/tmp/ray").glob("session_*/ray_spilled_objects/*"))
+    for session in sessions:
+        for path in session.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size >= 16:
+                head = path.open("rb").read(16)
+                assert not any(head.startswith(m) for m in _MEDIA_MAGIC), path

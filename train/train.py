@@ -120,9 +120,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")
     _check_schedule(cfg.trainer, cfg.get("model", {}).get("scheduler"))
 
+    # _convert_="object": Hydra would turn the producer settings (a dataclass passed as a
+    # keyword) into a DictConfig, without their methods; this hands over the dataclass itself.
     datamodule = instantiate(cfg.buffer, source=instantiate(cfg.source),
                              teacher=instantiate(cfg.labeler),
-                             producer=instantiate(cfg.get("producer")))
+                             producer=instantiate(cfg.get("producer")), _convert_="object")
     module = instantiate(cfg.model)
     loggers = make_loggers(cfg.get("logger"))
     hparams = redacted_config(cfg)  # the only config a logger sees: resolved, secrets masked

@@ -31,9 +31,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from data.producer import ProducerFailedError, ProducerStats, combine_stats
+from data.producer import (
+    Producer,
+    ProducerFailedError,
+    ProducerStats,
+    StreamProducer,
+    combine_stats,
+)
 from data.ring_buffer import RingBuffer
-from data.workers.worker import WorkerError, WorkerSpec, run_worker, worker_shard
+from data.workers.worker import WorkerError, WorkerSpec, run_worker, shard_kwargs, worker_shard
 from labeler.base import Teacher
 from video_sources.base import VideoSource
 
@@ -72,6 +78,30 @@ class ProducerSettings:
         if min(self.heartbeat_s, self.heartbeat_timeout_s, self.startup_timeout_s,
                self.stall_timeout_s, self.stop_timeout_s) <= 0:
             raise ValueError("heartbeat and timeout settings must be > 0 seconds")
+
+    @property
+    def shared_buffer(self) -> bool:
+        """Producer processes write the buffer from other processes: it must be shared."""
+        return self.workers > 0
+
+    def build(self, source: Callable[..., VideoSource], teacher: Callable[[], Teacher],
+              buffer: RingBuffer, *, rank: int, world_size: int,
+              reads_per_overwrite: float | None) -> StreamProducer:
+        """The producer of these settings on DDP rank `rank`: a `ProducerPool`, or with
+        `workers=0` a `data.producer.Producer` thread on the rank's whole shard.
+
+        Args:
+            source: factory of sources (`source(split="train", shard=, num_shards=)`).
+            teacher: factory of teachers.
+            buffer: the training buffer (shared when `shared_buffer`).
+            rank, world_size: this trainer's place among DDP ranks.
+            reads_per_overwrite: pacing against the trainer (`label_stream`).
+        """
+        if self.workers > 0:
+            return ProducerPool(source, teacher, buffer, settings=self, rank=rank,
+                                world_size=world_size, reads_per_overwrite=reads_per_overwrite)
+        return Producer(source(split="train", **shard_kwargs(rank, world_size)), teacher, buffer,
+                        reads_per_overwrite=reads_per_overwrite)
 
 
 
