@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= mediapipe,pretrained,export,serve,dev
+EXTRAS ?= mediapipe,pretrained,export,serve,ray,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
