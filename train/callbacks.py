@@ -195,8 +195,9 @@ class CheckpointOnException(L.Callback):
     def _save(self, trainer: L.Trainer, why: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path, weights_only=False)  # optimizer too: resumable
-        self.saved = self.path
-        logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.path)
+        # rank 0 writes it, in its own run folder (another node's may differ): name that one
+        self.saved = Path(trainer.strategy.broadcast(str(self.path), src=0))
+        logger.warning("%s at step %d: saved %s", why, trainer.global_step, self.saved)
 
 
 class ReclaimProducerCores(L.Callback):

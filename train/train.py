@@ -142,7 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback  # ours, Lightning's default without it, or None
     _check_launch(trainer)
     preflight(cfg, datamodule, rank=trainer.global_rank, world_size=trainer.world_size)
-    set_torch_threads(cfg.get("torch_threads"), ranks=trainer.world_size,
+    # ranks share the cores of their node only: devices per node, not the world size
+    set_torch_threads(cfg.get("torch_threads"), ranks=trainer.num_devices,
                       producers=max(1, datamodule.producer_settings.workers))
 
     status, start = "failed", time.monotonic()
@@ -192,15 +193,21 @@ def resume_checkpoint(path: str | os.PathLike | None) -> Path | None:
 def record_train_videos(run_dir: Path, trainer: L.Trainer, datamodule: Any) -> Path:
     """Write and log the training video ids this rank streamed (metadata only).
 
-    Writes `<run_dir>/train_videos_rank<r>.json`: `{"rank": r, "world_size": W, "videos":
-    [ids in order of arrival]}`. Ranks stream disjoint shards, so the files never share an id.
+    Writes `<run_dir>/train_videos_rank<r>.json`: `{"rank": r, "world_size": W, "node_rank": n,
+    "videos": [ids in order of arrival], "samples_pushed": crops this rank's producers labelled,
+    "samples_read": crops this rank's trainer drew}`. Ranks stream disjoint shards, so the files
+    never share an id.
 
     Returns:
         The file's path.
     """
     rank, ids = trainer.global_rank, list(getattr(datamodule, "train_video_ids_seen", []))
     path = run_dir / f"train_videos_rank{rank}.json"
-    record = {"rank": rank, "world_size": trainer.world_size, "videos": ids}
+    stats, buffer = getattr(datamodule, "producer_stats", None), getattr(datamodule, "buffer", None)
+    record = {"rank": rank, "world_size": trainer.world_size, "node_rank": trainer.node_rank,
+              "videos": ids,
+              "samples_pushed": None if stats is None else stats.total.samples_pushed,
+              "samples_read": None if buffer is None else buffer.stats().samples_read}
     path.write_text(json.dumps(record, indent=2) + "\n")
     logger.info("rank %d of %d streamed %d training videos%s (%s)", rank, trainer.world_size,
                 len(ids), f": {ids[0]} ... {ids[-1]}" if ids else "", path.name)
@@ -253,9 +260,16 @@ def run_summary(
         "producer_restarts": int(getattr(datamodule, "producer_restarts", 0)),
         "producer_stalls": int(getattr(datamodule, "producer_stalls", 0)),
         "skipped_videos": [list(x) for x in getattr(datamodule, "skipped_videos", [])],
-        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "best_checkpoint": _relative(best, run_dir) if best else None,
         "last_checkpoint": LAST_CHECKPOINT if (run_dir / LAST_CHECKPOINT).is_file() else None,
     }
+
+
+def _relative(path: str | Path, run_dir: Path) -> str:
+    """`path` inside `run_dir` as a relative path, else whole: on another node, the checkpoint
+    folder is rank 0's (Lightning broadcasts it), not this process's run folder."""
+    path = Path(path)
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 def refuse_keys(cfg: DictConfig, overrides: list[str]) -> None:
