@@ -177,7 +177,7 @@ def test_training_fed_by_the_ray_farm_writes_only_metadata(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "experiment=mediapipe_local", "producer=ray", "producer.actors=2",
-            "producer.object_store_mb=256", f"paths.output_dir={run_dir}",
+            "producer.object_store_mb=128", f"paths.output_dir={run_dir}",
             "trainer.max_steps=8", "trainer.val_check_interval=4",
             "trainer.enable_progress_bar=false", f"buffer.crop_size={crop}",
             "buffer.capacity=512", "buffer.min_samples=48", "buffer.batch_size=16",

@@ -47,7 +47,7 @@ def _teacher():
 def local_ray():
     from data.workers.ray_farm import start_local_ray
 
-    start_local_ray(RayFarmSettings(object_store_mb=256))
+    start_local_ray(RayFarmSettings(object_store_mb=128))
     yield
     ray.shutdown()
 
