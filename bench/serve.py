@@ -135,7 +135,17 @@ def run(model: str, video: Path, n_frames: int, rounds: int,
         jobs: bool = True) -> dict[str, Any]:
     """Every measurement of the module docstring; returns the report dict."""
     images, jpegs = _frames(video, n_frames)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        seq, conc, job_runs, predicts = _measure(model, video, images, jpegs, rounds, jobs,
+                                                 Path(tmp))
+    return {"model": model, "video": str(video), "frames": len(images),
+            "machine": machine_info(), "cores": _cores_note(),
+            **_report(seq, conc, job_runs, predicts)}
+
+
+def _measure(model: str, video: Path, images: list[np.ndarray], jpegs: list[str], rounds: int,
+             jobs: bool, tmp: Path) -> tuple[dict, dict, list, list]:
+    """The servers, the clients' rounds, the concurrent sessions and the jobs; raw results."""
     inputs = _client_inputs(tmp, images, jpegs)
     student = Server(tmp / "student", "--model", model, "--threads", str(THREADS))
     teacher = Server(tmp / "teacher", "--model", "mediapipe")
@@ -165,12 +175,11 @@ def run(model: str, video: Path, n_frames: int, rounds: int,
     finally:
         student.stop()
         teacher.stop()
-    return {"model": model, "video": str(video), "frames": len(images),
-            "machine": machine_info(), "cores": _cores_note(),
-            **_report(seq, conc, job_runs, predicts)}
+    return seq, conc, job_runs, predicts
 
 
 def _cores_note() -> str:
+    """How the machine's cores were shared while measuring."""
     return (f"{os.cpu_count()} logical cores shared by the server under test (student: ONNX "
             f"Runtime --threads {THREADS}; MediaPipe: its own threads; the other server idles) "
             f"and its client processes (1, or {CONCURRENT} for the concurrent rows); the "
