@@ -11,13 +11,21 @@ Segment names start with `SEGMENT_PREFIX` and the owner's pid (`stream_pose_<pid
 the whole process group is killed (`kill -9 -- -<pgid>`, an OOM killer, `scancel`, `timeout -s
 KILL`), the resource tracker dies too and the segment stays, with the semaphore of the buffer's
 lock. So the first segment a process creates (and `train.train` at start-up) first removes
-leftovers: `remove_stale_segments` unlinks every `stream_pose_<pid>_*` segment whose pid is gone,
-and the semaphores named in its header (the first `HEADER_BYTES` of every segment hold the names
-of its companion semaphores), with one log line per segment.
+leftovers: `remove_stale_segments` unlinks every `stream_pose_<pid>_*` segment whose owner is
+gone, and the semaphores named in its header (the first `HEADER_BYTES` of every segment hold the
+names of its companion semaphores), with one log line per segment.
+
+Who is gone is judged by a lock, not by the pid alone: the owner holds a shared flock on its
+segment's file for as long as it lives (the kernel drops it however the process dies), so a
+segment whose lock is held is in use, even when its owner runs in another pid namespace (a
+container sharing /dev/shm) where its pid means nothing here. A segment is stale when its lock
+is free and its pid is not alive here (the pid check keeps segments of an older stream-pose
+that took no lock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -106,6 +114,7 @@ class SharedArrays:
 
     def __init__(self, shm: SharedMemory, layout: Layout, owner: bool):
         self._shm, self.owner = shm, owner
+        lock_fd = _hold_owner_lock(shm.name) if owner else None
         self.handle = SegmentHandle(shm.name, layout)
         self.nbytes = layout_nbytes(layout)
         offsets, _ = _offsets(layout)
@@ -113,7 +122,7 @@ class SharedArrays:
             name: np.ndarray(shape, dtype, buffer=shm.buf, offset=offsets[name])
             for name, (shape, dtype) in layout.items()
         }
-        self._finalizer = weakref.finalize(self, _release, shm, owner)
+        self._finalizer = weakref.finalize(self, _release, shm, owner, lock_fd)
 
     @classmethod
     def create(cls, layout: Layout, what: str = "shared arrays",
@@ -173,7 +182,22 @@ class SharedArrays:
         self.close()
 
 
-def _release(shm: SharedMemory, owner: bool) -> None:
+def _hold_owner_lock(name: str, shm_dir: str = SHM_DIR) -> int | None:
+    """A descriptor holding a shared flock on segment `name`'s file, for the owner's life;
+    None where there is no /dev/shm (macOS: no stale-segment sweep there either)."""
+    try:
+        fd = os.open(os.path.join(shm_dir, name), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(shm: SharedMemory, owner: bool, lock_fd: int | None = None) -> None:
     """Unmap (never raising) and, for the owner, unlink: what matters for leaks is the unlink."""
     try:
         shm.close()
@@ -184,6 +208,8 @@ def _release(shm: SharedMemory, owner: bool) -> None:
             shm.unlink()  # also unregisters it from the resource tracker
         except FileNotFoundError:
             pass
+    if lock_fd is not None:
+        os.close(lock_fd)
 
 
 def _attach_untracked(name: str) -> SharedMemory:
@@ -208,11 +234,12 @@ def _attach_untracked(name: str) -> SharedMemory:
 
 
 def remove_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink the `stream_pose_<pid>_*` segments of `shm_dir` whose owner pid is gone, and the
+    """Unlink the `stream_pose_<pid>_*` segments of `shm_dir` whose owner is gone, and the
     semaphores their headers name; log one line per segment.
 
-    A segment whose owner lives (or whose pid this user may not signal: someone else's) is
-    left alone. Where there is no /dev/shm (macOS), nothing is done.
+    Gone: no process holds the segment's flock (module docstring) and its pid is not alive
+    here. A segment whose owner lives, in any pid namespace, is left alone. Where there is no
+    /dev/shm (macOS), nothing is done.
 
     Returns:
         The names of the segments removed.
@@ -227,9 +254,13 @@ def remove_stale_segments(shm_dir: str = SHM_DIR) -> list[str]:
         path = os.path.join(shm_dir, name)
         try:
             with open(path, "rb") as f:
+                try:  # held while we unlink: an owner cannot be starting meanwhile
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its owner lives, in another pid namespace
                 header = f.read(HEADER_BYTES)
-            size = os.path.getsize(path)
-            os.unlink(path)
+                size = os.path.getsize(path)
+                os.unlink(path)
         except OSError:  # removed meanwhile (another process swept it), or not ours
             continue
         sems = [n for n in header.rstrip(b"\0").decode("ascii", "replace").split("\0") if n]

@@ -86,6 +86,8 @@ def _session_options(args: argparse.Namespace) -> dict:
 
 def build_serve_parser() -> argparse.ArgumentParser:
     """`stream-pose serve stdio|http`."""
+    from serve.jobs import JobLimits  # its defaults are the flags' defaults
+
     p = argparse.ArgumentParser(
         prog="stream-pose serve",
         description="Serve a trained student (or a teacher) through the pose-service interfaces "
@@ -99,6 +101,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="frontend", required=True, metavar="stdio|http")
     stdio = sub.add_parser("stdio", help="seed 000: one JSON request on stdin, JSON on stdout")
     _model_options(stdio)
+    stdio.add_argument("--max-frame-mb", type=float, default=20.0,
+                       help="largest image (decoded base64 or imagePath file) per frame "
+                       "(default: %(default)s)")
     http = sub.add_parser("http", help="seeds 001-003: the HTTP pose services")
     _model_options(http)
     http.add_argument("--api", choices=("hybrid", "tasks"), default="hybrid",
@@ -107,6 +112,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     http.add_argument("--host", default="127.0.0.1",
                       help="interface to listen on (default: %(default)s; 0.0.0.0 for all)")
     http.add_argument("--port", type=int, default=None, help="default: 5000 hybrid, 8000 tasks")
+    http.add_argument("--allowed-hosts", default=None,
+                      help="comma-separated Host names answered (default: the loopback names "
+                      "for a loopback --host, else any; '*' for any). Set STREAM_POSE_TOKEN in "
+                      "the environment or .env to require a bearer token")
     http.add_argument("--video-root", type=Path, default=None,
                       help="/process reads video files only under this folder")
     http.add_argument("--data-dir", type=Path, default=REPO_ROOT / "runs" / "serve",
@@ -115,11 +124,21 @@ def build_serve_parser() -> argparse.ArgumentParser:
                       help="video job worker processes (default: %(default)s)")
     http.add_argument("--max-queue", type=int, default=8,
                       help="queued jobs before 503 (default: %(default)s)")
+    http.add_argument("--max-job-frames", type=int, default=JobLimits.max_frames,
+                      help="a video job with more frames fails (default: %(default)s; 0: none)")
+    http.add_argument("--max-job-minutes", type=float, default=JobLimits.max_seconds / 60,
+                      help="a video job running longer fails (default: %(default)s; 0: none)")
+    http.add_argument("--keep-jobs-days", type=float, default=7.0,
+                      help="job folders of tasks finished longer ago are removed "
+                      "(default: %(default)s; 0: kept)")
     http.add_argument("--max-upload-mb", type=float, default=200.0,
                       help="largest video upload (default: %(default)s)")
     http.add_argument("--max-frame-mb", type=float, default=20.0,
                       help="largest /pose/hybrid, /pose/frame or /process body, and largest "
                       "/ws/pose frame (default: %(default)s)")
+    http.add_argument("--body-timeout-s", type=float, default=30.0,
+                      help="a request body that stops arriving for this long is answered 408 "
+                      "(default: %(default)s)")
     http.add_argument("--max-sessions", type=int, default=32,
                       help="live /pose/hybrid sessions, and live /ws/pose streams "
                       "(default: %(default)s each)")
@@ -145,7 +164,8 @@ def serve_main(argv: Sequence[str]) -> int:
                 engine.check_teacher()
                 return engine
 
-            return stdio.run(sys.stdin, engine_factory=engine_factory)
+            return stdio.run(sys.stdin, engine_factory=engine_factory,
+                             max_image_bytes=int(args.max_frame_mb * 1024 * 1024))
         return _serve_http(args, options)
     except (ModelLoadError, TeacherUnavailableError, ValueError) as exc:
         if args.debug:
@@ -158,7 +178,9 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
     import uvicorn
 
     from serve.engine import Engine
+    from serve.access import TOKEN_ENV, default_allowed_hosts, load_token, uvicorn_log_config
     from serve.http import DEFAULT_PORTS, ServerConfig, create_app
+    from serve.jobs import JobLimits
 
     # fail fast, before binding the port: a model or teacher that cannot run is one line
     Engine(args.model, teacher=args.teacher, threads=args.threads).check_teacher()
@@ -167,12 +189,19 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
                        data_dir=args.data_dir, video_root=args.video_root,
                        max_upload_mb=args.max_upload_mb, max_frame_mb=args.max_frame_mb,
                        max_queue=args.max_queue,
+                       job_limits=JobLimits(args.max_job_frames, 60 * args.max_job_minutes),
                        job_workers=args.job_workers, max_sessions=args.max_sessions,
-                       session_options=options)
+                       session_options=options, token=load_token(),
+                       body_timeout_s=args.body_timeout_s, keep_jobs_days=args.keep_jobs_days,
+                       allowed_hosts=(args.allowed_hosts.split(",") if args.allowed_hosts
+                                      else default_allowed_hosts(args.host)))
+    if cfg.token:
+        logging.getLogger(__name__).info("bearer token required (%s)", TOKEN_ENV)
     port = DEFAULT_PORTS[args.api] if args.port is None else args.port
     # a websocket message over the frame limit is refused by the protocol layer (close 1009)
     # before it is buffered whole; the app checks the exact limit below that
     uvicorn.run(create_app(cfg), host=args.host, port=port, log_level="info",
+                log_config=uvicorn_log_config(),
                 timeout_keep_alive=30, ws_max_size=int(args.max_frame_mb * 1024 * 1024) + 65536)
     return 0
 

@@ -60,6 +60,7 @@ class PoseStream:
     Args:
         url: `ws://host:port/ws/pose`.
         timeout_s: longest wait for the hello and for each answer.
+        token: the server's `STREAM_POSE_TOKEN`, when it requires one (`serve.access`).
 
     Attributes:
         hello: the server's first message (`model_version`, `max_frame_bytes`, `max_side`,
@@ -70,11 +71,13 @@ class PoseStream:
         OSError: the server cannot be reached.
     """
 
-    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 60.0, token: str | None = None) -> None:
         from websockets.sync.client import connect  # the `serve` extra
 
         self.timeout_s = timeout_s
-        self.ws = connect(url, open_timeout=timeout_s, max_size=None)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.ws = connect(url, open_timeout=timeout_s, max_size=None,
+                          additional_headers=headers)
         self.hello = self._receive()
 
     def _receive(self) -> dict[str, Any]:
@@ -131,13 +134,16 @@ class PoseStream:
 
 def post_frame(base_url: str, frame: bytes, frame_number: int = 0,
                session_id: str | None = None, timeout_s: float = 60.0,
-               http: requests.Session | None = None) -> dict[str, Any]:
+               http: requests.Session | None = None, token: str | None = None) -> dict[str, Any]:
     """`POST /pose/frame` with the raw JPEG as the body; returns the `/pose/hybrid` fields.
+    `token`: the server's `STREAM_POSE_TOKEN`, when it requires one.
 
     Raises:
         requests.HTTPError: a 4xx/5xx answer (the `detail` says why).
     """
     headers = {"Content-Type": "image/jpeg"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     if session_id:
         headers["X-Session-Id"] = session_id
     r = (http or requests).post(f"{base_url.rstrip('/')}/pose/frame", data=frame,

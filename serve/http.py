@@ -40,31 +40,33 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from serve.access import add_access_control
 from serve.engine import Engine
 from serve.images import ImageDecodeError, decode_base64_image, decode_image
-from serve.jobs import EngineSpec, JobRunner, QueueFullError
+from serve.jobs import EngineSpec, JobLimits, JobRunner, QueueFullError
 from serve.live import add_live_routes
 from serve.schemas import hybrid_response
-from serve.session import Session
-from serve.store import TaskStore, now_iso
+from serve.session import FPS_RANGE, MAX_FRAME_NUMBER, Session
+from serve.store import ServerLease, TaskStore, now_iso
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"hybrid": 5000, "tasks": 8000}  # seeds 001/002 and 003
 RETRY_AFTER_S = 5
+MAX_SESSION_ID = 200  # characters of an X-Session-Id or session_id
 SYNC_POLL_S = 0.05
 
 
@@ -82,11 +84,17 @@ class ServerConfig:
         video_root: `/process` serves only files under this folder; None refuses all.
         max_upload_mb: largest video upload; max_frame_mb: largest `/pose/hybrid` body.
         max_queue: queued jobs beyond which submissions get 503.
+        job_limits: bounds on one job's frames and minutes (`serve.jobs.JobLimits`).
+        keep_jobs_days: job folders of tasks finished longer ago are removed (0: never).
         job_workers: job worker processes.
         max_sessions: live `/pose/hybrid` sessions; the least recently used is closed beyond.
         session_idle_s: a session unused this long is closed.
         sync_timeout_s: `/process_video` waits this long, then answers with the job id.
         session_options: passed to every `serve.session.Session` (filter, gap, fps).
+        token: the bearer token every route but /health and / requires (`serve.access`);
+            None: no token.
+        allowed_hosts: `Host` names answered (`serve.access`); ["*"]: any.
+        body_timeout_s: a request body that stops arriving for this long is answered 408.
     """
 
     api: str = "hybrid"
@@ -99,11 +107,16 @@ class ServerConfig:
     max_upload_mb: float = 200.0
     max_frame_mb: float = 20.0
     max_queue: int = 8
+    job_limits: JobLimits = field(default_factory=JobLimits)
+    keep_jobs_days: float = 7.0
     job_workers: int = 1
     max_sessions: int = 32
     session_idle_s: float = 600.0
     sync_timeout_s: float = 600.0
     session_options: dict[str, Any] = field(default_factory=dict)
+    body_timeout_s: float = 30.0
+    token: str | None = field(default=None, repr=False)
+    allowed_hosts: list[str] = field(default_factory=lambda: ["*"])
 
     def __post_init__(self) -> None:
         if self.api not in DEFAULT_PORTS:
@@ -115,19 +128,19 @@ class HybridRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     image_base64: str
-    frame_number: int = Field(default=0, ge=0)
+    frame_number: int = Field(default=0, ge=0, le=MAX_FRAME_NUMBER)
     visualize: bool = False
-    session_id: str | None = Field(default=None, max_length=200)
-    fps: float | None = Field(default=None, gt=0)
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
+    fps: float | None = Field(default=None, ge=FPS_RANGE[0], le=FPS_RANGE[1])
 
 
 class FrameQuery(BaseModel):
     """The query string of `POST /pose/frame` (the body is the raw image)."""
 
     model_config = ConfigDict(extra="ignore")
-    frame_number: int = Field(default=0, ge=0)
-    session_id: str | None = Field(default=None, max_length=200)
-    fps: float | None = Field(default=None, gt=0)
+    frame_number: int = Field(default=0, ge=0, le=MAX_FRAME_NUMBER)
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
+    fps: float | None = Field(default=None, ge=FPS_RANGE[0], le=FPS_RANGE[1])
 
     @classmethod
     def from_query(cls, params: Any) -> "FrameQuery":
@@ -139,30 +152,37 @@ class FrameQuery(BaseModel):
         try:
             return cls.model_validate(dict(params))
         except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
+            raise HTTPException(422, validation_detail(exc)) from exc
 
 
 class ProcessRequest(BaseModel):
     """Seed 003's request body."""
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
-    video_filename: str
-    model: str | None = None
-    bboxes_path: str | None = None  # accepted; people are found by the teacher
+    video_filename: str = Field(min_length=1, max_length=4096)
+    model: str | None = Field(default=None, max_length=200)
+    bboxes_path: str | None = Field(default=None, max_length=4096)  # accepted; unused
     overlay: bool = False
-    max_side: int | None = Field(default=None, gt=0)
+    max_side: int | None = Field(default=None, ge=2)  # video_sources.decode's minimum
 
 
 @dataclass
 class _SessionEntry:
-    session: Session
     lock: threading.Lock
+    options: dict[str, Any]
     last_frame: int
     last_used: float
+    session: Session | None = None  # built by its first user, under `lock`
+    retired: bool = False  # out of the pool: a user holding it looks the id up again
 
 
 class SessionPool:
     """`/pose/hybrid` sessions by id, each with its lock; bounded and expiring.
+
+    The pool's lock covers only the table; building a session (a MediaPipe graph: 0.15-0.7 s),
+    answering a frame and closing a session happen under that session's own lock, so one
+    session's work never stalls another's. A session replaced while a request waited for it
+    (a restart, an eviction) is never used closed: the request looks its id up again.
 
     Args:
         engine: makes the sessions.
@@ -178,41 +198,61 @@ class SessionPool:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def acquire(self, session_id: str, frame_number: int,
-                options: dict[str, Any]) -> tuple[Session, threading.Lock]:
-        """The session to answer `frame_number` of `session_id` (a new one on a restart)."""
-        with self._lock:
-            self._expire()
-            entry = self._sessions.get(session_id)
-            if entry is not None and frame_number < entry.last_frame:
-                logger.info("session %s restarts at frame %d", session_id, frame_number)
-                self._close(session_id)
-                entry = None
-            if entry is None:
-                entry = _SessionEntry(self.engine.new_session(**options), threading.Lock(),
-                                      frame_number, time.monotonic())
-                self._sessions[session_id] = entry
-                while len(self._sessions) > self.max_sessions:
-                    self._close(next(iter(self._sessions)))
-            self._sessions.move_to_end(session_id)
-            entry.last_frame, entry.last_used = frame_number, time.monotonic()
-            return entry.session, entry.lock
+    @contextmanager
+    def use(self, session_id: str, frame_number: int, options: dict[str, Any]) -> Iterator[Session]:
+        """The session to answer `frame_number` of `session_id` (a new one when the frame number
+        goes back), held under its lock for the duration of the `with` block."""
+        while True:
+            with self._lock:
+                entry, retired = self._entry(session_id, frame_number, options)
+            for old in retired:
+                self._close(old)
+            with entry.lock:
+                if entry.retired:
+                    continue
+                if entry.session is None:
+                    entry.session = self.engine.new_session(**entry.options)
+                yield entry.session
+                return
 
-    def _expire(self) -> None:
+    def _entry(self, session_id: str, frame_number: int,
+               options: dict[str, Any]) -> tuple[_SessionEntry, list[_SessionEntry]]:
+        """Under the pool's lock: the entry for this frame and the entries taken out."""
         now = time.monotonic()
-        for sid in [s for s, e in self._sessions.items() if now - e.last_used > self.idle_s]:
-            self._close(sid)
+        retired = [self._retire(s) for s, e in list(self._sessions.items())
+                   if now - e.last_used > self.idle_s]
+        entry = self._sessions.get(session_id)
+        if entry is not None and frame_number < entry.last_frame:
+            logger.info("session %s restarts at frame %d", session_id, frame_number)
+            retired.append(self._retire(session_id))
+            entry = None
+        if entry is None:
+            entry = _SessionEntry(threading.Lock(), dict(options), frame_number, now)
+            self._sessions[session_id] = entry
+            while len(self._sessions) > self.max_sessions:
+                retired.append(self._retire(next(iter(self._sessions))))
+        self._sessions.move_to_end(session_id)
+        entry.last_frame, entry.last_used = frame_number, now
+        return entry, retired
 
-    def _close(self, session_id: str) -> None:
+    def _retire(self, session_id: str) -> _SessionEntry:
         entry = self._sessions.pop(session_id)
-        with entry.lock:
-            entry.session.close()
+        entry.retired = True
+        return entry
+
+    @staticmethod
+    def _close(entry: _SessionEntry) -> None:
+        with entry.lock:  # after the request answering with it, if any
+            if entry.session is not None:
+                entry.session.close()
+                entry.session = None
 
     def close_all(self) -> None:
         """Close every session."""
         with self._lock:
-            for sid in list(self._sessions):
-                self._close(sid)
+            retired = [self._retire(sid) for sid in list(self._sessions)]
+        for entry in retired:
+            self._close(entry)
 
 
 class InMemoryMultiPartParser(MultiPartParser):
@@ -224,14 +264,23 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     """The request body, read into memory.
 
     Raises:
-        HTTPException 413: more than `limit_bytes` (by Content-Length, or as it streams).
+        HTTPException 413: more than `limit_bytes` (by Content-Length, or as it streams);
+            408: no byte for `ServerConfig.body_timeout_s` (a stalled upload holds a slot).
     """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise HTTPException(413, f"body of {int(declared)} bytes is over the limit of "
                                  f"{limit_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    idle_s = request.app.state.config.body_timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        try:  # a client that stops sending mid-body is not waited for forever
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"no body bytes for {idle_s:g} s") from None
         size += len(chunk)
         if size > limit_bytes:
             raise HTTPException(413, f"body is over the limit of {limit_bytes} bytes")
@@ -239,21 +288,48 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def session_id(request: Request, field_value: str | None) -> str:
+    """The session of a frame: the `X-Session-Id` header, else the body's or query's
+    `session_id`, else "default".
+
+    Raises:
+        HTTPException 422: an id over `MAX_SESSION_ID` characters.
+    """
+    sid = request.headers.get("x-session-id") or field_value or "default"
+    if len(sid) > MAX_SESSION_ID:
+        raise HTTPException(422, f"X-Session-Id is over {MAX_SESSION_ID} characters")
+    return sid
+
+
 async def read_json(request: Request, limit_bytes: int, model: type[BaseModel]) -> BaseModel:
     """The body as `model`.
 
     Raises:
-        HTTPException: 413 too large, 400 not JSON, 422 wrong fields.
+        HTTPException: 415 sent as another content type (a missing one is taken as JSON: only
+            browsers must say, and their cross-origin form and text posts are what 415 stops),
+            413 too large, 400 not JSON, 422 wrong fields.
     """
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise HTTPException(415, f"send the body as JSON with Content-Type: application/json "
+                                 f"(got {kind!r})")
     body = await read_body(request, limit_bytes)
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
         raise HTTPException(400, f"body is not JSON: {exc}") from exc
+    except RecursionError:
+        raise HTTPException(400, "body is not JSON this server reads: nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
+        raise HTTPException(422, validation_detail(exc)) from exc
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    """A 422 body: where and why, without echoing the input (a NaN cannot be written as JSON, and
+    a 20 MB field should not come back)."""
+    return json.loads(exc.json(include_url=False, include_input=False))
 
 
 async def read_video_form(request: Request, limit_bytes: int) -> tuple[bytes, str, dict[str, str]]:
@@ -298,8 +374,9 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
                 opts[name] = int(fields[name])
             except ValueError:
                 raise HTTPException(422, f"{name} must be an integer, got {fields[name]!r}")
-            if opts[name] < 1:
-                raise HTTPException(422, f"{name} must be >= 1, got {opts[name]}")
+            least = 2 if name == "max_side" else 1  # max_side: video_sources.decode's minimum
+            if opts[name] < least:
+                raise HTTPException(422, f"{name} must be >= {least}, got {opts[name]}")
     if "overlay" in fields:
         opts["overlay"] = fields["overlay"].strip().lower() in ("1", "true", "yes", "on")
     return opts
@@ -353,10 +430,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         spec = EngineSpec(cfg.model, cfg.teacher, cfg.threads, cfg.max_side,
                           dict(cfg.session_options))
         engine = spec.build()
-        store = TaskStore(Path(cfg.data_dir) / "tasks.sqlite3")
+        lease = ServerLease(Path(cfg.data_dir))  # other servers may share the folder
+        store = TaskStore(Path(cfg.data_dir) / "tasks.sqlite3", owner=lease.id)
         runner = JobRunner(spec, store, Path(cfg.data_dir), workers=cfg.job_workers,
-                           max_queue=cfg.max_queue)
-        runner.start()
+                           max_queue=cfg.max_queue, limits=cfg.job_limits,
+                           keep_days=cfg.keep_jobs_days)
+        runner.start(lease.holds)
         state.update(engine=engine, store=store, runner=runner,
                      sessions=SessionPool(engine, cfg.max_sessions, cfg.session_idle_s))
         logger.info("serving %s (%s profile); data in %s", engine.name, cfg.api, cfg.data_dir)
@@ -366,11 +445,14 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             state["sessions"].close_all()
             runner.stop()
             store.close()
+            lease.release()
 
     app = FastAPI(title="stream-pose", lifespan=lifespan,
                   description="3D human pose from a stream-pose student (or its teacher).")
 
-    add_live_routes(app, state, limit_frame, cfg.max_sessions)
+    app.state.config = cfg
+    add_access_control(app, cfg.token, cfg.allowed_hosts)
+    add_live_routes(app, state, limit_frame, cfg.max_sessions, cfg.token)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -394,7 +476,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def pose_hybrid(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         body = await read_json(request, limit_frame, HybridRequest)
-        sid = request.headers.get("x-session-id") or body.session_id or "default"
+        sid = session_id(request, body.session_id)
         options = {"fps": body.fps} if body.fps else {}
         return await run_in_threadpool(_pose_frame, sid, body.frame_number, options, t0,
                                        decode_base64_image, body.image_base64)
@@ -408,7 +490,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                      f"image/jpeg (got {kind or 'none'!r})")
         query = FrameQuery.from_query(request.query_params)
         data = await read_body(request, limit_frame)
-        sid = request.headers.get("x-session-id") or query.session_id or "default"
+        sid = session_id(request, query.session_id)
         options = {"fps": query.fps} if query.fps else {}
         return await run_in_threadpool(_pose_frame, sid, query.frame_number, options, t0,
                                        decode_image, data)
@@ -421,8 +503,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except ImageDecodeError as exc:
             raise HTTPException(400, str(exc)) from exc
         t2 = time.perf_counter()
-        session, lock = state["sessions"].acquire(sid, frame_number, options)
-        with lock:
+        with state["sessions"].use(sid, frame_number, options) as session:
             result = session.step(decoded.image, frame_number=frame_number,
                                   original_size=decoded.size)
         t3 = time.perf_counter()
@@ -433,6 +514,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                             processing_ms=timings["total"], timings_ms=timings))
 
     async def _submit_upload(request: Request) -> dict[str, Any]:
+        if state["runner"].full():  # before reading a body of up to --max-upload-mb
+            raise HTTPException(503, f"{cfg.max_queue} jobs are queued already; retry in "
+                                     f"{RETRY_AFTER_S} s",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
         data, name, fields = await read_video_form(request, limit_video)
         if not data:
             raise HTTPException(400, "the 'video' file is empty")
@@ -495,11 +580,15 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if cfg.video_root is None:
             raise HTTPException(403, "this server has no --video-root: it reads no video file")
         root = Path(cfg.video_root).resolve()
-        path = Path(name)
-        path = (path if path.is_absolute() else root / path).resolve()
-        if not path.is_relative_to(root):
-            raise HTTPException(403, f"{name} is outside the server's --video-root")
-        if not path.is_file():
+        try:
+            path = Path(name)
+            path = (path if path.is_absolute() else root / path).resolve()
+            if not path.is_relative_to(root):
+                raise HTTPException(403, f"{name[:200]} is outside the server's --video-root")
+            found = path.is_file()
+        except (ValueError, OSError) as exc:  # a NUL byte, a name over the file system's limit
+            raise HTTPException(400, f"video_filename is not a usable file name: {exc}") from None
+        if not found:
             raise HTTPException(404, f"video not found: {name}")
         return path
 
@@ -508,15 +597,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         return task_status(_record(task_id))
 
     @app.get("/tasks")
-    def tasks() -> dict[str, Any]:
-        records = [task_status(r) for r in state["store"].list()]
-        return {"tasks": records, "total": len(records)}
+    def tasks(limit: int = Query(1000, ge=1, le=10_000), offset: int = Query(0, ge=0)
+              ) -> dict[str, Any]:
+        store = state["store"]
+        records = [task_status(r) for r in store.list(limit=limit, offset=offset)]
+        return {"tasks": records, "total": sum(store.counts().values()),
+                "limit": limit, "offset": offset}
 
     @app.delete("/tasks/{task_id}")
     def delete_task(task_id: str) -> dict[str, Any]:
         record = _record(task_id)
         cancelled = state["store"].cancel(task_id)
-        state["store"].delete(task_id)
+        state["runner"].cancel(task_id)  # its upload is dropped now, not when a worker skips it
+        state["store"].delete(task_id)  # a running job sees it gone at its next progress tick
         return {"task_id": task_id, "status": "deleted", "cancelled": cancelled,
                 "message": ("queued task cancelled and deleted" if cancelled else
                             f"task record deleted (it was {record['status']})")}

@@ -9,18 +9,25 @@ a smaller frame is cheaper for everyone. JPEG (what clients send) is decoded by 
 through simplejpeg straight at a reduced DCT scale (1/2, 1/4, 1/8) when that is still at least
 the target size, which is several times faster than decoding 1080p in full and resizing; other
 formats go through OpenCV.
+
+Every image's size is read from its header before a pixel is decoded (simplejpeg for JPEG,
+Pillow's lazy `Image.open` for the rest), so a decompression bomb (a 1 MB PNG of 20000x20000
+zeros) is refused without allocating its gigabytes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 from video_sources.decode import target_size
 
@@ -60,6 +67,7 @@ def decode_image(data: bytes, max_side: int | None = None) -> DecodedImage:
             raise
         except ValueError:
             pass  # a JPEG libjpeg-turbo refuses (e.g. CMYK, truncated): OpenCV may still read it
+    _check_pixels(*header_size(data))
     image = _decode_any(data)
     h, w = image.shape[:2]
     tw, th = target_size(w, h, max_side) if max_side and max(h, w) > max_side else (w, h)
@@ -71,9 +79,7 @@ def decode_image(data: bytes, max_side: int | None = None) -> DecodedImage:
 def _decode_jpeg(data: bytes, max_side: int | None) -> DecodedImage:
     """libjpeg-turbo decode at the smallest DCT scale that is still >= the target size."""
     h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-    if h * w > MAX_PIXELS:
-        raise ImageDecodeError(f"image of {w}x{h} pixels is larger than the limit of "
-                               f"{MAX_PIXELS} pixels")
+    _check_pixels(w, h)
     tw, th = target_size(w, h, max_side) if max_side and max(h, w) > max_side else (w, h)
     image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=th, min_width=tw)
     if image.shape[:2] != (th, tw):
@@ -81,15 +87,43 @@ def _decode_jpeg(data: bytes, max_side: int | None) -> DecodedImage:
     return DecodedImage(image, (w, h))
 
 
+def header_size(data: bytes) -> tuple[int, int]:
+    """(W, H) in pixels from an image's header, without decoding its pixels.
+
+    Pillow parses only the header on `Image.open` (PNG's IHDR, BMP's DIB header, WebP's VP8
+    frame header, ...). Its own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) refuses
+    headers over twice that limit while opening: those are reported as over `MAX_PIXELS`.
+
+    Raises:
+        ImageDecodeError: a format whose header Pillow cannot read, or a corrupt header.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image larger than the limit of {MAX_PIXELS} pixels "
+                               f"({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        # SyntaxError is how some Pillow plugins report a malformed header.
+        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes; send JPEG or "
+                               "PNG)") from None
+
+
+def _check_pixels(w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageDecodeError(f"image of {w}x{h} pixels is larger than the limit of "
+                               f"{MAX_PIXELS} pixels")
+
+
 def _decode_any(data: bytes) -> np.ndarray:
-    """OpenCV's decoders -> `[H, W, 3]` uint8 RGB."""
+    """OpenCV's decoders -> `[H, W, 3]` uint8 RGB (the size was checked from the header)."""
     buf = np.frombuffer(data, np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes; send JPEG or PNG)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
-        raise ImageDecodeError(f"image of {image.shape[1]}x{image.shape[0]} pixels is larger "
-                               f"than the limit of {MAX_PIXELS} pixels")
+    _check_pixels(image.shape[1], image.shape[0])  # a header that lied
     if image.dtype != np.uint8:  # 16-bit PNG
         image = (image / 257).astype(np.uint8)
     if image.ndim == 2:

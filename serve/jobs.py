@@ -26,10 +26,13 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_lib
+import shutil
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,10 +54,29 @@ logger = logging.getLogger(__name__)
 
 MONITOR_INTERVAL_S = 0.5
 PROGRESS_EVERY = 10  # frames between progress updates in the task record
+PRUNE_EVERY_S = 3600.0  # how often old job folders are looked for
 
 
 class QueueFullError(RuntimeError):
     """The job queue holds `max_queue` jobs already; retry later."""
+
+
+class JobStopped(RuntimeError):
+    """A job ended before its last frame: over a `JobLimits` bound, or deleted while it ran."""
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Bounds on one job, so that a small file of many tiny frames cannot hold a worker for
+    hours (the outside probe of issue 21: a 1.4 MB mp4 of 108k frames ran ~30 min).
+
+    Attributes:
+        max_frames: frames posed before the job fails (`--max-job-frames`; 0: no bound).
+        max_seconds: wall time before the job fails (`--max-job-minutes`; 0: no bound).
+    """
+
+    max_frames: int = 54_000  # 30 minutes of 30 fps video
+    max_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -78,8 +100,8 @@ class EngineSpec:
 
 
 def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool = False,
-                  name: str = "video", on_progress: Callable[[int], None] | None = None,
-                  max_side: int | None = None) -> dict[str, Any]:
+                  name: str = "video", on_progress: Callable[[float], None] | None = None,
+                  max_side: int | None = None, max_frames: int = 0) -> dict[str, Any]:
     """Pose every frame of an encoded video; write the job folder (module docstring).
 
     Args:
@@ -92,12 +114,14 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
             declares no frame count), every `PROGRESS_EVERY` frames.
         max_side: downscale frames so the longer side is at most this (None: the engine's
             `max_side`); 2D answers are in the video's own pixels either way.
+        max_frames: stop with `JobStopped` beyond this many frames (0: no bound).
 
     Returns:
         The result record: frame counts, coverage, paths, seconds and frames per second.
 
     Raises:
         video_sources.decode.VideoDecodeError: no frame could be decoded.
+        JobStopped: over `max_frames`, or raised by `on_progress`.
     """
     job_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -110,6 +134,9 @@ def process_video(engine: Engine, video: bytes, job_dir: Path, *, overlay: bool 
         with open(job_dir / "frames.jsonl", "w") as lines:
             for frame in frames_from_bytes(video, ref, SourceStats(),
                                            max_side=max_side or engine.max_side):
+                if max_frames and frames >= max_frames:
+                    raise JobStopped(f"the video has more than {max_frames} frames "
+                                     "(the server's --max-job-frames)")
                 if frames == 0:
                     size = _upright(size, frame.image)
                 result = session.step(frame.image, frame_number=frame.index,
@@ -182,7 +209,8 @@ def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:
     return out
 
 
-def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) -> None:
+def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue,
+                 limits: JobLimits) -> None:
     """A job worker process: load the model once, then run jobs until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it stops us
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -196,21 +224,70 @@ def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue) 
         task_id, video, video_path, params = item
         if not store.start(task_id, os.getpid()):
             continue  # cancelled or deleted while queued
+        job_dir = Path(data_dir) / "jobs" / task_id
         try:
             data = video if video is not None else Path(video_path).read_bytes()
+            del video  # the only reference left is `data`
             result = process_video(
-                engine, data, Path(data_dir) / "jobs" / task_id,
-                overlay=bool(params.get("overlay")), name=params.get("name", "video"),
-                max_side=params.get("max_side"),
-                on_progress=lambda fraction, t=task_id: store.progress(t, fraction),
-            )
+                engine, data, job_dir, overlay=bool(params.get("overlay")),
+                name=params.get("name", "video"), max_side=params.get("max_side"),
+                max_frames=limits.max_frames,
+                on_progress=_progress_check(store, task_id, limits.max_seconds))
             store.complete(task_id, result)
             logger.info("job %s: %d frames at %.1f frames/s", task_id, result["frames"],
                         result["fps"])
+        except JobStopped as exc:
+            logger.warning("job %s stopped: %s", task_id, exc)
+            if store.get(task_id) is None:  # deleted: its partial folder goes too
+                shutil.rmtree(job_dir, ignore_errors=True)
+            store.fail(task_id, str(exc))
         except Exception as exc:  # a job's failure is its record's, never the worker's
             logger.warning("job %s failed: %s", task_id, exc)
             store.fail(task_id, f"{type(exc).__name__}: {exc}")
     store.close()
+
+
+def _progress_check(store: TaskStore, task_id: str,
+                    max_seconds: float) -> Callable[[float], None]:
+    """The `on_progress` of a worker's job: record progress; stop a job whose record was
+    deleted (DELETE /tasks/{id}) or that ran past `max_seconds`."""
+    t0 = time.monotonic()
+
+    def check(fraction: float) -> None:
+        if not store.progress(task_id, fraction):
+            raise JobStopped("the task was deleted while it ran")
+        if max_seconds and time.monotonic() - t0 > max_seconds:
+            raise JobStopped(f"the job ran past {max_seconds / 60:g} minutes "
+                             "(the server's --max-job-minutes)")
+
+    return check
+
+
+def prune_job_folders(store: TaskStore, data_dir: Path, keep_days: float) -> list[str]:
+    """Remove the job folders of tasks finished more than `keep_days` ago, and those with no
+    record at all (deleted tasks, partial folders of a crash whose record was deleted).
+
+    Returns:
+        The task ids whose folders were removed.
+    """
+    jobs = Path(data_dir) / "jobs"
+    if keep_days <= 0 or not jobs.is_dir():
+        return []
+    cutoff = time.time() - keep_days * 86400
+    removed = []
+    for folder in jobs.iterdir():
+        record = store.get(folder.name)
+        if record is not None:
+            done = record["completed_at"]
+            if record["status"] in ("queued", "processing") or done is None \
+                    or datetime.fromisoformat(done).timestamp() > cutoff:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    if removed:
+        logger.info("removed %d job folders (finished over %g days ago, or deleted)",
+                    len(removed), keep_days)
+    return removed
 
 
 class JobRunner:
@@ -222,41 +299,56 @@ class JobRunner:
         data_dir: job folders go to `<data_dir>/jobs/`.
         workers: worker processes (>= 1).
         max_queue: queued jobs beyond which `submit` refuses (>= 1).
+        limits: bounds on each job (`JobLimits`).
+        keep_days: job folders of tasks finished longer ago are removed, at start and every
+            `PRUNE_EVERY_S` (`prune_job_folders`; 0: kept forever).
 
     Raises:
         ValueError: on `workers` or `max_queue` < 1.
     """
 
     def __init__(self, spec: EngineSpec, store: TaskStore, data_dir: Path, *, workers: int = 1,
-                 max_queue: int = 8) -> None:
+                 max_queue: int = 8, limits: JobLimits | None = None,
+                 keep_days: float = 7.0) -> None:
         if workers < 1 or max_queue < 1:
             raise ValueError(f"need workers >= 1 and max_queue >= 1, got {workers}, {max_queue}")
         self.spec, self.store, self.data_dir = spec, store, Path(data_dir)
         self.workers, self.max_queue = workers, max_queue
+        self.limits, self.keep_days = limits or JobLimits(), keep_days
         self._ctx = mp.get_context("spawn")  # no forked copy of the server's threads and models
-        self._queue: mp.Queue = self._ctx.Queue()
+        # Jobs wait here, in the server, where a cancelled one's upload is dropped at once; the
+        # hand-off queue to the workers holds at most one job per worker.
+        self._pending: deque[tuple[str, bytes | None, str | None, dict]] = deque()
+        self._cond = threading.Condition()
+        self._queue: mp.Queue = self._ctx.Queue(maxsize=workers)
         self._procs: list[mp.Process] = []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._monitor: threading.Thread | None = None
+        self._dispatcher: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Recover records of a previous run, start the workers and the monitor."""
-        failed, again = self.store.recover()
+    def start(self, running: Callable[[str | None], bool] = lambda owner: False) -> None:
+        """Recover the records of servers that are gone (`running(owner)` False: see
+        `serve.store.TaskStore.recover`), start the workers, the monitor and the dispatcher."""
+        failed, again = self.store.recover(running)
         for task_id in failed:
-            logger.warning("task %s failed: the server restarted during it", task_id)
+            logger.warning("task %s failed: the server running it stopped", task_id)
+        prune_job_folders(self.store, self.data_dir, self.keep_days)
         for _ in range(self.workers):
             self._procs.append(self._spawn())
-        for task_id in again:  # queued tasks on files survive a restart
-            record = self.store.get(task_id)
-            self._queue.put((task_id, None, record["video_path"], record["params"]))
+        with self._cond:
+            for task_id in again:  # queued tasks on files survive a restart
+                record = self.store.get(task_id)
+                self._pending.append((task_id, None, record["video_path"], record["params"]))
         self._monitor = threading.Thread(target=self._watch, name="job-monitor", daemon=True)
         self._monitor.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="job-dispatcher",
+                                            daemon=True)
+        self._dispatcher.start()
 
     def _spawn(self) -> mp.Process:
         proc = self._ctx.Process(
             target=_worker_main, name="stream-pose-job-worker", daemon=True,
-            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue))
+            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue, self.limits))
         proc.start()
         logger.info("job worker started (pid %d)", proc.pid)
         return proc
@@ -265,17 +357,52 @@ class JobRunner:
         """Queue a created task record (`video` bytes for an upload, else its `video_path`).
 
         Raises:
-            QueueFullError: `max_queue` jobs are queued already (the record is marked failed).
+            QueueFullError: `max_queue` jobs are queued already (the record is deleted: a refused
+                job leaves no row behind).
         """
-        with self._lock:
-            if self.store.counts()["queued"] > self.max_queue:  # this record is queued too
-                self.store.fail(record["id"], "job queue full")
+        with self._cond:
+            if self.store.counts(mine=True)["queued"] > self.max_queue:  # this one too
+                self.store.delete(record["id"])
                 raise QueueFullError(f"{self.max_queue} jobs are queued already")
-            self._queue.put((record["id"], video, record["video_path"], record["params"]))
+            self._pending.append((record["id"], video, record["video_path"], record["params"]))
+            self._cond.notify()
+
+    def full(self) -> bool:
+        """Whether a job submitted now would be refused (checked again by `submit`)."""
+        return self.store.counts(mine=True)["queued"] >= self.max_queue
+
+    def cancel(self, task_id: str) -> bool:
+        """Drop a job that no worker has taken yet, with its upload; False if none waits here
+        (a job already handed to a worker is skipped by it: its record is no longer queued)."""
+        with self._cond:
+            for item in self._pending:
+                if item[0] == task_id:
+                    self._pending.remove(item)
+                    return True
+        return False
+
+    def _dispatch(self) -> None:
+        """Hand the waiting jobs to the workers, in order, as they have room."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stop.is_set())
+                if self._stop.is_set():
+                    return
+                item = self._pending.popleft()
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=MONITOR_INTERVAL_S)
+                    break
+                except queue_lib.Full:
+                    continue
 
     def _watch(self) -> None:
-        """Replace dead workers and fail the job each was processing."""
+        """Replace dead workers and fail the job each was processing; prune old job folders."""
+        pruned = time.monotonic()
         while not self._stop.wait(MONITOR_INTERVAL_S):
+            if time.monotonic() - pruned > PRUNE_EVERY_S:
+                pruned = time.monotonic()
+                prune_job_folders(self.store, self.data_dir, self.keep_days)
             for i, proc in enumerate(self._procs):
                 if proc.is_alive():
                     continue
@@ -298,8 +425,20 @@ class JobRunner:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the monitor and the workers (a job in progress is ended and marked failed)."""
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join(2 * MONITOR_INTERVAL_S + 1.0)
+        try:  # jobs not started stay queued in the store (a restart recovers them)
+            while True:
+                self._queue.get_nowait()
+        except (queue_lib.Empty, OSError, ValueError):
+            pass
         for _ in self._procs:
-            self._queue.put(None)
+            try:
+                self._queue.put(None, timeout=1.0)
+            except queue_lib.Full:
+                break  # a worker that misses its None is terminated below
         deadline = time.monotonic() + timeout_s
         for proc in self._procs:
             proc.join(max(0.0, deadline - time.monotonic()))

@@ -17,7 +17,8 @@
   another origin; 1013 more than `--max-sessions` live connections; 1011 the model failed.
 Browsers let any web page open a websocket to 127.0.0.1 (no CORS for websockets), so a
 connection whose `Origin` is not this server's own host is refused; clients that send no
-`Origin` (scripts, `serve.client`) are accepted.
+`Origin` (scripts, `serve.client`) are accepted. With a server token (`serve.access`) a
+connection without it is closed with 1008.
 A client keeps one frame in flight: it sends the newest frame when the previous answer arrives,
 so latency does not grow behind a slow model.
 """
@@ -38,6 +39,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketState
 
+from serve.access import token_ok
 from serve.images import ImageDecodeError, decode_image
 from serve.schemas import hybrid_response
 from stream_pose.skeleton import BONES, JOINT_NAMES
@@ -169,7 +171,7 @@ def same_origin(origin: str | None, host: str | None) -> bool:
 
 
 def add_live_routes(app: FastAPI, state: dict[str, Any], limit_bytes: int,
-                    max_streams: int) -> None:
+                    max_streams: int, token: str | None = None) -> None:
     """Register `GET /` and `WS /ws/pose` on `app`.
 
     Args:
@@ -177,6 +179,7 @@ def add_live_routes(app: FastAPI, state: dict[str, Any], limit_bytes: int,
         state: its state dict (`engine` is set at start-up).
         limit_bytes: largest frame (`--max-frame-mb`).
         max_streams: live connections beyond which a new one is closed with 1013.
+        token: required as `Authorization: Bearer` or `?token=` (`serve.access`); None: none.
     """
     live = {"streams": 0}
 
@@ -191,6 +194,11 @@ def add_live_routes(app: FastAPI, state: dict[str, Any], limit_bytes: int,
         if not same_origin(ws.headers.get("origin"), ws.headers.get("host")):
             await stream.close(CLOSE_POLICY, "cross-origin: open the page this server serves at "
                                              "/ (or connect without an Origin header)")
+            return
+        if not token_ok(token, ws.headers, ws.query_params):
+            await stream.close(CLOSE_POLICY, "unauthorized: this server needs its token (open "
+                                             "the page as /#token=..., or send Authorization: "
+                                             "Bearer ...)")
             return
         if live["streams"] >= max_streams:
             await stream.close(CLOSE_BUSY, f"server busy: {max_streams} live streams "

@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 GAP_VELOCITY_DECAY = 0.8  # a predicted track slows down: velocity x 0.8 per missing frame
 GAP_CONFIDENCE_DECAY = 0.85  # tracking_confidence x 0.85 per missing frame (halves in ~4)
 RESET_JUMP = 0.5  # re-found more than half a box side away from its prediction: reset filters
+# Frame rates a session accepts (frames/s). Above 1000 (high-speed cameras) the time step
+# 1/fps vanishes and the One Euro filter's smoothing factor with it: every answer turned null.
+FPS_RANGE = (0.01, 1000.0)
+# Frame numbers stay exact as floats (number / fps); beyond that a client is not counting frames.
+MAX_FRAME_NUMBER = 2**53
 # Defaults measured on ../shared/videos at 30 fps: 2D speed is divided by the box side, so
 # beta is per box-side/s; 3D speed is in m/s (a body is ~1.7 m, about one box side).
 FILTER_2D = OneEuroConfig(min_cutoff=1.5, beta=4.0, d_cutoff=1.0)
@@ -131,7 +136,7 @@ class Session:
         max_gap: frames a track is predicted without an observation before it is dropped.
         smoothing: One Euro filtering on (True) or off.
         filter_2d, filter_3d: the filters' parameters (pixels scaled by box side; metres).
-        fps: frame rate assumed when frames come without `time_s`.
+        fps: frame rate assumed when frames come without `time_s`, within `FPS_RANGE`.
 
     Raises:
         ValueError: on out-of-range arguments.
@@ -150,8 +155,9 @@ class Session:
         filter_3d: OneEuroConfig = FILTER_3D,
         fps: float = 30.0,
     ) -> None:
-        if max_gap < 0 or fps <= 0:
-            raise ValueError(f"need max_gap >= 0 and fps > 0, got {max_gap}, {fps}")
+        if max_gap < 0 or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:  # NaN fails both
+            raise ValueError(f"need max_gap >= 0 and fps in [{FPS_RANGE[0]}, {FPS_RANGE[1]}], "
+                             f"got {max_gap}, {fps}")
         self.teacher = teacher
         self.tracker = None if crop_model is None else TopDownTracker(
             crop_model, teacher, redetect_every=redetect_every, min_confidence=min_confidence)

@@ -82,6 +82,18 @@ def secret_values(environ: Mapping[str, str] | None = None,
     return sorted((v for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 
+def env_secret(name: str, env_files: Iterable[str | os.PathLike] = ENV_FILES) -> str | None:
+    """The secret `name` from the environment, else from the first `.env` file that has it;
+    None when unset or empty. `os.environ` is not changed."""
+    value = os.environ.get(name, "").strip()
+    for path in env_files:
+        if value:
+            break
+        if Path(path).is_file():
+            value = (dotenv_values(path).get(name) or "").strip()
+    return value or None
+
+
 def refuse_overrides(overrides: Iterable[str], secrets: list[str] | None = None) -> None:
     """Refuse Hydra overrides (`[+~]key.path=value` strings) that carry a secret.
 

@@ -44,3 +44,19 @@ def clip_frames(path: Path, n: int | None = None) -> list[np.ndarray]:
     frames = [image for _, _, image in decode_video_bytes(path.read_bytes(), max_frames=n)]
     assert frames, path
     return frames
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width` x `height` RGB pixels followed by a few zero rows:
+    what a decompression bomb looks like to a header reader (a real 20000x20000 PNG of zeros is
+    1.2 MB and 1.2 GB decoded) without building one. Chunk layout per the PNG spec (RFC 2083)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    rows = zlib.compress(b"\0" * (3 * width + 1) * 4)  # filter byte + RGB per row
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))

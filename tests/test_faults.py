@@ -278,6 +278,30 @@ def test_segments_of_live_owners_are_left_alone():
         assert Path(SHM_DIR, name).exists()
 
 
+def test_a_live_segment_of_another_pid_namespace_is_left_alone():
+    """The owner's flock, not its pid, says it lives (issue 21): a segment whose pid means
+    nothing here (a container sharing /dev/shm with its own pid namespace) was removed while in
+    use. A process stands for that owner: it creates a segment named with a pid that does not
+    exist here and holds it as an owner does."""
+    code = ("import sys; from multiprocessing.shared_memory import SharedMemory; "
+            "from data.shared import _hold_owner_lock; "
+            "shm = SharedMemory(name=sys.argv[1], create=True, size=4096); "
+            "from multiprocessing import resource_tracker; "
+            "resource_tracker.unregister(shm._name, 'shared_memory'); "  # as if killed with it
+            "fd = _hold_owner_lock(shm.name); print(fd is not None, flush=True); sys.stdin.read()")
+    name = f"{SEGMENT_PREFIX}{2**22 + 12345}_0badc0de"  # above pid_max's default: no such pid
+    proc = subprocess.Popen([sys.executable, "-c", code, name], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "True"
+        assert name not in remove_stale_segments() and Path(SHM_DIR, name).exists()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert name in remove_stale_segments()  # its owner gone: removed
+    assert not Path(SHM_DIR, name).exists()
+
+
 # --- 6. user errors: one or two lines, exit 1, before labelling ----------------------------------
 
 USER_ERRORS = {

@@ -3,6 +3,7 @@ real clips sent as JPEG frames or uploads, requests (and curl) as the client."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from servetools import (
     SEED_TASK_STATUS,
     assert_fields,
     clip_frames,
+    png_header_only,
 )
 from shared_paths import SHARED, VIDEOS
 
@@ -120,6 +122,11 @@ def test_each_error_code_from_a_real_bad_request(hybrid, tmp_path):
     assert post("/pose/hybrid", json={"image_base64": good,
                                       "frame_number": "x"}).status_code == 422
     assert post("/pose/hybrid", json={"frame_number": 0}).status_code == 422
+    bomb = png_header_only(20000, 20000)  # refused from its header, not decoded (issue 21)
+    for r in (post("/pose/hybrid", json={"image_base64": base64.b64encode(bomb).decode(),
+                                         "frame_number": 0}),
+              post("/pose/frame", data=bomb, headers={"Content-Type": "image/png"})):
+        assert r.status_code == 400 and "larger than the limit" in r.json()["detail"], r.text
     big = post("/pose/hybrid", json={"image_base64": "A" * (3 << 20), "frame_number": 0})
     assert big.status_code == 413
     assert hybrid.get("/job_status/nope").status_code == 404
@@ -135,6 +142,64 @@ def test_each_error_code_from_a_real_bad_request(hybrid, tmp_path):
     assert r.status_code in (400, 422)
     for r in (big,):
         assert "detail" in r.json()
+
+
+def test_edge_inputs_get_a_4xx_never_a_500(hybrid):
+    """The outside probe's 500s (issue 21), each now a clear 4xx with a JSON body."""
+    post = hybrid.post
+    good = encode_jpeg_base64(clip_frames(VIDEOS / "posetrack_short.mp4", 1)[0])
+    raw = {"Content-Type": "application/json", "X-Session-Id": "fps"}
+    frame = '{"image_base64": "%s", ' % good
+    cases = {  # body -> status
+        frame + '"frame_number": NaN}': 422, frame + '"frame_number": 1e309}': 422,
+        frame + '"frame_number": 1' + "0" * 400 + "}": 422,
+        frame + '"frame_number": 1' + "0" * 5000 + "}": 400,  # over Python's int digits
+        frame + '"frame_number": 0, "fps": NaN}': 422,
+        frame + '"frame_number": 0, "fps": 1e308}': 422,
+        "[" * 100_000: 400,
+    }
+    for body, code in cases.items():
+        r = post("/pose/hybrid", data=body.encode(), headers=raw)
+        assert r.status_code == code and "detail" in r.json(), (body[-40:], r.status_code, r.text)
+        assert good not in r.text  # the input is not echoed back
+    for name in ("clip\0.mp4", "x" * 300 + ".mp4"):  # a NUL byte; over the name limit
+        r = post("/process", json={"video_filename": name})
+        assert r.status_code == 400 and "not a usable file name" in r.text, r.text
+    assert post("/process", json={"video_filename": "posetrack_short.mp4",
+                                  "max_side": 1}).status_code == 422  # failed in the job before
+    assert post("/process", json={"video_filename": "posetrack_short.mp4",
+                                  "model": "m" * 1000}).status_code == 422
+    # the session refused fps=1e308 and goes on answering with joints
+    answer = _frame(hybrid, clip_frames(VIDEOS / "posetrack_short.mp4", 1)[0], 1, session="fps")
+    assert answer["keypoints"] and all(k["x"] is not None for k in answer["keypoints"])
+
+
+def test_six_threads_on_one_session_id_are_all_answered(student_onnx):
+    """The probe's race (issue 21): 6 threads on one X-Session-Id, frame numbers going back as
+    the threads interleave (each a restart), got 'session is closed' 500s: a request held a
+    session that another request's restart closed before the first could use it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve.engine import Engine
+    from serve.http import SessionPool
+
+    pytest.importorskip("mediapipe")
+    frames = clip_frames(VIDEOS / "posetrack_short.mp4", 12)
+    pool = SessionPool(Engine(str(student_onnx)), max_sessions=2, idle_s=60)
+
+    def client(k: int) -> int:
+        for i, frame in enumerate(frames):
+            with pool.use("shared", i, {}) as session:
+                session.step(frame, frame_number=i)
+            with pool.use(f"own{k}", i, {}) as session:  # 7 ids over 2 slots: evictions too
+                session.step(frame, frame_number=i)
+        return len(frames)
+
+    with ThreadPoolExecutor(6) as threads:
+        assert sum(threads.map(client, range(6))) == 6 * len(frames)  # any error is raised here
+    assert len(pool) <= 2
+    pool.close_all()
+    assert len(pool) == 0
 
 
 def test_curl_client_gets_a_pose(hybrid, tmp_path):
@@ -212,6 +277,71 @@ def test_a_full_queue_answers_503_with_retry_after(student_onnx, tmp_path):
         server.stop()
 
 
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_deleted_uploads_leave_the_queue_and_memory(student_onnx, tmp_path):
+    """The probe's bypass (issue 21): uploads queued behind a busy worker and deleted stopped
+    counting against --max-queue while their bytes stayed in the job queue (8 x 150 MB, deleted
+    and sent again: RSS 1.7 -> 4.2 GB). Now a deleted upload is dropped at once, and a refused
+    one (503) leaves no record."""
+    server = Server(tmp_path, "--model", str(student_onnx), "--max-queue", "2")
+    try:
+        with open(LONG_CLIP, "rb") as fh:  # keeps the one worker busy
+            busy = server.post("/process_video_async", files={"video": fh}).json()["job_id"]
+        server.wait_for(f"/job_status/{busy}", ("processing",))
+        payload = os.urandom(30 << 20)
+
+        def upload_and_delete(n: int) -> None:
+            for _ in range(n):
+                r = server.post("/process_video_async", files={"video": ("x.mp4", payload)})
+                assert r.status_code == 200, r.text
+                assert server.delete(f"/tasks/{r.json()['job_id']}").status_code == 200
+
+        upload_and_delete(4)  # the allocator's high-water mark, and the hand-off's jobs
+        before = _rss_mb(server.proc.pid)
+        upload_and_delete(10)  # each one held would add 30 MB (60 MB with its pickled copy)
+        grown = _rss_mb(server.proc.pid) - before
+        assert grown < 100, f"RSS grew {grown:.0f} MB for 10 more deleted 30 MB uploads"
+        codes = [server.post("/process_video_async", files={"video": ("x.mp4", payload)})
+                 .status_code for _ in range(5)]
+        assert codes.count(503) >= 1, codes  # the queue still fills: 2 waiting, 1 handed off
+        listed = server.get("/tasks").json()
+        assert "job queue full" not in json.dumps(listed)  # a refusal leaves no row
+    finally:
+        server.stop()
+
+
+def test_a_deleted_running_job_stops_and_jobs_have_a_frame_limit(student_onnx, tmp_path):
+    """DELETE of a processing job stopped nothing before issue 21 (the worker ran on, the next
+    job waited, the folder stayed); and a job had no bound on frames or time."""
+    server = Server(tmp_path, "--model", str(student_onnx), "--video-root", str(SHARED),
+                    "--max-job-frames", "150")
+    try:
+        task = server.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+        server.wait_for(f"/status/{task}", ("processing",))
+        job_dir = server.data_dir / "jobs" / task
+        deadline = time.monotonic() + 60
+        while not (job_dir / "frames.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.delete(f"/tasks/{task}").status_code == 200
+        deadline = time.monotonic() + 30
+        while job_dir.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not job_dir.exists(), "the deleted job ran on"
+        assert "stopped: the task was deleted" in server.log()
+        # the worker is free again; a video over --max-job-frames fails with the flag named
+        again = server.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+        body = server.wait_for(f"/status/{again}", ("completed", "failed"), timeout_s=300)
+        assert body["status"] == "failed" and "--max-job-frames" in json.dumps(body), body
+    finally:
+        server.stop()
+
+
 def test_task_api_lifecycle(tasks):
     health = tasks.get("/health").json()
     assert_fields(health, SEED_HEALTH_TASKS, "/health (tasks)")
@@ -260,8 +390,17 @@ def test_the_task_store_survives_a_restart(student_onnx, tmp_path):
     try:
         assert again.get(f"/status/{done_id}").json()["status"] == "completed"
         lost = again.get(f"/status/{running}").json()
-        assert lost["status"] == "failed" and "restarted" in lost["error"]
+        assert lost["status"] == "failed" and "stopped before it finished" in lost["error"]
         assert again.get("/tasks").json()["total"] == 2
+        # a second server on the same --data-dir (scale-out) leaves a running server's job
+        # alone; before issue 21 its start marked the job failed while it ran on
+        third = again.post("/process", json={"video_filename": str(LONG_CLIP)}).json()["task_id"]
+        again.wait_for(f"/status/{third}", ("processing",), timeout_s=120)
+        beside = Server(tmp_path / "beside", "--api", "tasks", "--model", str(student_onnx),
+                        "--video-root", str(SHARED), data_dir=data)
+        beside.stop()
+        body = again.wait_for(f"/status/{third}", ("completed", "failed"))
+        assert body["status"] == "completed", body
     finally:
         again.stop()
 
@@ -316,6 +455,9 @@ def test_no_upload_or_frame_is_written_to_disk(student_onnx, tmp_path):
                      not w.startswith("/dev/") and w != str(log))
     assert outside == [], f"written outside {data}: {outside}"
     names = {os.path.basename(w) for w in writes if w.startswith(data)}
-    assert names <= {"tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm",
-                     "tasks.sqlite3-journal", "frames.jsonl", "predictions.json"}, names
+    leases = {n for n in names if n.endswith(".lock")}  # servers/<id>.lock: "pid N"
+    assert len(leases) == 1 and all(w.startswith(os.path.join(data, "servers", ""))
+                                    for w in writes if w.endswith(".lock"))
+    assert names - leases <= {"tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm",
+                              "tasks.sqlite3-journal", "frames.jsonl", "predictions.json"}, names
     assert "frames.jsonl" in names  # the hook saw the job's writes: it was really watching

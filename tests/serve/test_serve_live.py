@@ -125,7 +125,7 @@ def test_a_flood_is_answered_by_drops_not_a_queue(server, jpegs):
     assert kinds.count("dropped") > 0 and kinds.count("pose") < sent / 4, kinds
     if closed is not None:  # more than serve.live.MAX_DROPPED frames during one frame's pose
         assert closed.code == 1008 and "too fast" in closed.reason
-        assert kinds.count("dropped") > MAX_DROPPED
+        assert kinds.count("dropped") >= MAX_DROPPED  # the one past the limit closes
     else:
         assert sorted(numbers) == list(range(sent))
     assert server.get("/health").json()["ready"] is True

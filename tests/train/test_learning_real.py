@@ -6,7 +6,7 @@ Real components throughout: the real corpus (../shared/videos and ../shared/foot
 memory, MediaPipe as the teacher, the `experiment=real_cpu` recipe (the EfficientNet-Lite0 student
 from its packaged ImageNet weights) through the `python -m train.train` CLI, and
 `python -m bench.learning` on its checkpoint. Small enough for CI (a few minutes on 2 cores):
-every third frame of the other clips to train on for STEPS steps, two clips held out whole to
+every sixth frame of the other clips to train on for STEPS steps, two clips held out whole to
 judge it (tai chi and wide stretches outdoors at 340x256; a girl dancing in portrait 9:16 before a
 cartoon background). The student must beat the mean pose on them together and on each alone.
 """
