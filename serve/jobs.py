@@ -210,10 +210,12 @@ def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:
 
 
 def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue,
-                 limits: JobLimits) -> None:
+                 limits: JobLimits, server_pid: int) -> None:
     """A job worker process: load the model once, then run jobs until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it stops us
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # the server's pid as the server saw it: a server killed while this worker was still
+    # importing has left it to pid 1 already, and os.getppid() here would wait on pid 1 forever
+    threading.Thread(target=_exit_with_parent, args=(server_pid,), daemon=True).start()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s job-worker %(message)s")
     engine = spec.build()
     store = TaskStore(db_path)
@@ -348,7 +350,8 @@ class JobRunner:
     def _spawn(self) -> mp.Process:
         proc = self._ctx.Process(
             target=_worker_main, name="stream-pose-job-worker", daemon=True,
-            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue, self.limits))
+            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue, self.limits,
+                  os.getpid()))
         proc.start()
         logger.info("job worker started (pid %d)", proc.pid)
         return proc
