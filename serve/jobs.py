@@ -229,7 +229,6 @@ def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue,
         job_dir = Path(data_dir) / "jobs" / task_id
         try:
             data = video if video is not None else Path(video_path).read_bytes()
-            del video  # the only reference left is `data`
             result = process_video(
                 engine, data, job_dir, overlay=bool(params.get("overlay")),
                 name=params.get("name", "video"), max_side=params.get("max_side"),
