@@ -31,7 +31,7 @@ from stream_pose.secrets import env_secret
 TOKEN_ENV = "STREAM_POSE_TOKEN"
 _QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']*")
 OPEN_ROUTES = {("GET", "/health"), ("GET", "/"), ("HEAD", "/health"), ("HEAD", "/")}
-LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"]  # Host headers bracket IPv6
 
 
 def load_token() -> str | None:
