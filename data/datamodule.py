@@ -18,6 +18,10 @@ Resuming: `state_dict` (saved in every checkpoint) lists the training videos use
 `load_state_dict` makes the sources skip them. Lightning restores it after `setup` and before
 `train_dataloader`, so the stream starts in the latter. The ring buffer is never saved (it holds
 crops): a resumed run refills it from the stream.
+
+Provenance: `provenance_videos` lists every video labelled (validation and training, all ranks)
+with its `VideoRef` and counters, and `teacher_names` who labelled them, for the manifest every
+checkpoint carries (`train.callbacks.ProvenanceRecorder`, `stream_pose.provenance`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from data.workers import ProducerSettings, shard_kwargs, worker_shard
 from data.workers.ray_farm import RayFarmSettings
 from labeler.base import Teacher
 from stream_pose.batch import Batch
+from stream_pose.provenance import merge_videos, video_entry
 from video_sources.base import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -140,6 +145,8 @@ class StreamDataModule(L.LightningDataModule):
         self._val_set: dict[str, np.ndarray] | None = None
         self._val_video_ids: list[str] = []
         self._val_skipped: list[tuple[str, str]] = []  # videos the val pass skipped
+        self._val_stats: ProducerStats | None = None  # the val pass's counters and refs
+        self._val_samples: dict[str, int] = {}  # samples of each video in the frozen val set
         self._used_before: dict[str, list[str]] = {}  # restored by load_state_dict
 
     def check(self, rank: int = 0, world_size: int = 1) -> None:
@@ -354,6 +361,43 @@ class StreamDataModule(L.LightningDataModule):
         stats = self.producer_stats
         return [] if stats is None else list(stats.per_video)
 
+    @property
+    def teacher_factory(self) -> Callable[[], Teacher]:
+        """The factory every teacher of this datamodule is built with."""
+        return self._teacher_factory
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """`Teacher.name` of the teachers that labelled so far (validation, this rank's
+        producers), without repeats; empty before any labelling."""
+        parts = (self._val_stats, self.producer_stats)
+        return list(dict.fromkeys(p.teacher for p in parts if p is not None and p.teacher))
+
+    def provenance_videos(self) -> list[dict[str, Any]]:
+        """Every video this run labelled, as manifest entries (`stream_pose.provenance.
+        video_entry`: id, kind, uri, licence, attribution, split, frames, samples).
+
+        Validation: the videos of the frozen set, with the frames the teacher labelled and the
+        samples kept (every rank holds the same set: this rank's). Training: the videos every
+        rank's producers started (asked of the producer processes at once, `refresh_stats`),
+        frames labelled and samples pushed, summed over producers. Under DDP every rank must
+        call it (a collective, as `state_dict`).
+        """
+        val = self._val_stats
+        val_entries = [] if val is None else [
+            video_entry(val.refs.get(v), video_id=v, split="val",
+                        frames=val.per_video[v].frames, samples=self._val_samples.get(v, 0))
+            for v in self._val_video_ids]
+        train: list[dict[str, Any]] = []
+        if self._producer is not None:
+            if not self._producer.refresh_stats():
+                logger.warning("a producer did not report in time: its latest videos may be "
+                               "missing from the provenance manifest")
+            stats = self._producer.stats
+            train = [video_entry(stats.refs.get(v), video_id=v, split="train", frames=s.frames,
+                                 samples=s.samples_pushed) for v, s in stats.per_video.items()]
+        return merge_videos(e for part in _all_gather(train) for e in part) + val_entries
+
     # Internals
 
     def _build_val(self) -> None:
@@ -376,6 +420,7 @@ class StreamDataModule(L.LightningDataModule):
         keys, counts = np.unique(self._val_set["video_key"], return_counts=True)
         per_video = {buffer.video_id(k): int(c) for k, c in zip(keys, counts)}
         self._val_video_ids = [v for v in stats.per_video if v in per_video]
+        self._val_stats, self._val_samples = stats, per_video
         logger.info(
             "validation set: %d samples from %d videos: %s",
             len(buffer), len(per_video),

@@ -23,7 +23,7 @@ from data.prefetch import PrefetchIterator
 from data.ring_buffer import RingBuffer
 from labeler.base import Teacher, TeacherUnavailableError
 from stream_pose.codec import crop_sample
-from stream_pose.types import Frame, PersonLabel
+from stream_pose.types import Frame, PersonLabel, VideoRef
 from video_sources.base import SourceStats, VideoSource
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,10 @@ class ProducerStats:
     Attributes:
         total: counters over the whole stream.
         per_video: counters per video id, in the order the videos arrived.
+        refs: where each video of `per_video` came from (its `VideoRef`: kind, uri, licence,
+            attribution), by id; metadata only, for the models' provenance manifests
+            (`stream_pose.provenance`). Set before the video's `per_video` entry.
+        teacher: name of the teacher that labelled (`Teacher.name`), "" before the first video.
         skipped_videos: ids of videos skipped because the teacher failed on all their first frames.
         source_stats: the source's own counters (decoded, skipped videos), when it has them.
         last_error: text of the last teacher error, if any.
@@ -115,6 +119,8 @@ class ProducerStats:
 
     total: LabelStats = field(default_factory=LabelStats)
     per_video: dict[str, LabelStats] = field(default_factory=dict)
+    refs: dict[str, VideoRef] = field(default_factory=dict)
+    teacher: str = ""
     skipped_videos: list[str] = field(default_factory=list)
     source_stats: SourceStats | None = None
     last_error: str | None = None
@@ -129,6 +135,8 @@ class ProducerStats:
             total=dataclasses.replace(self.total),
             # dict() first: one atomic copy under the GIL, safe while the thread inserts
             per_video={k: dataclasses.replace(v) for k, v in dict(self.per_video).items()},
+            refs=dict(self.refs),  # VideoRef is frozen: the dict copy is enough
+            teacher=self.teacher,
             skipped_videos=list(self.skipped_videos),
             source_stats=src,
             last_error=self.last_error,
@@ -185,14 +193,18 @@ class StreamProducer(Protocol):
 def combine_stats(parts: Iterable[ProducerStats]) -> ProducerStats:
     """One `ProducerStats` for several producers (or several runs of one), in the given order.
 
-    Totals, per-video and source counters add up (a video labelled by two parts sums); skipped
-    videos are merged in order, without repeats; `last_error` is the last part's that has one.
+    Totals, per-video and source counters add up (a video labelled by two parts sums); refs
+    are united (the first part's wins); skipped videos are merged in order, without repeats;
+    `last_error` and `teacher` are the last part's that has one.
     """
     out = ProducerStats()
     for part in parts:
         out.total = out.total + part.total
+        for vid, ref in part.refs.items():
+            out.refs.setdefault(vid, ref)
         for vid, st in part.per_video.items():
             out.per_video[vid] = out.per_video.get(vid, LabelStats()) + st
+        out.teacher = part.teacher or out.teacher
         out.skipped_videos += [v for v in part.skipped_videos if v not in out.skipped_videos]
         out.source_stats = _add_source_stats(out.source_stats, part.source_stats)
         out.last_error = part.last_error or out.last_error
@@ -255,7 +267,8 @@ def label_stream(
 
     Returns:
         The counters, with `source_stats` taken from the source (which, decoding ahead, may
-        count up to `prefetch_frames` + 1 frames the teacher has not labelled yet).
+        count up to `prefetch_frames` + 1 frames the teacher has not labelled yet), `teacher`
+        its name and `refs` every video's `VideoRef`.
 
     Raises:
         TeacherUnavailableError: the teacher cannot run at all.
@@ -267,6 +280,7 @@ def label_stream(
         raise ValueError(f"prefetch_frames must be >= 0, got {prefetch_frames}")
     stats = stats if stats is not None else ProducerStats()
     stats.source_stats = getattr(source, "stats", None)
+    stats.teacher = str(getattr(teacher, "name", "") or type(teacher).__name__)
     enough = None if max_samples is None else stats.total.samples_pushed + max_samples
     video: _VideoState | None = None
     tick = time.perf_counter()
@@ -323,6 +337,7 @@ def _start_video(frame: Frame, teacher: Teacher, stats: ProducerStats) -> _Video
     skip = vid in stats.skipped_videos  # the teacher failed on it before: don't retry each loop
     if not skip:
         teacher.reset()
+    stats.refs.setdefault(vid, frame.video)  # before per_video: a report never lacks a ref
     return _VideoState(frame, stats.per_video.setdefault(vid, LabelStats()), skip)
 
 

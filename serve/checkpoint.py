@@ -5,6 +5,9 @@ The checkpoint holds weights and plain hyperparameters only (it loads with
 Hydra config, `<run>/.hydra/config.yaml`, beside `<run>/checkpoints/<name>.ckpt`. The student is
 rebuilt from that config's `model.net` and its weights loaded strictly, so a config that does not
 match the weights is an error, never a silently different network.
+
+Checkpoints written since provenance was recorded also hold the manifest of their videos
+(`stream_pose.provenance`, `LoadedStudent.provenance`); older ones load the same, without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import stream_pose.runtime  # noqa: F401  registers the ${repo_root:} and ${warmup_pct:} resolvers
+from stream_pose.provenance import MANIFEST_KEY, ProvenanceError, validate_manifest
 from train.metrics import MeanPoseBaseline
 from train.student import PoseStudent
 
@@ -58,6 +62,8 @@ class LoadedStudent:
         run_config: the training run's config; `paths.output_dir` is the run folder.
         checkpoint: path of the checkpoint file.
         step: optimizer steps the checkpoint had trained.
+        provenance: the checkpoint's provenance manifest (`stream_pose.provenance`), or None
+            for a checkpoint written before manifests (or with a malformed one, logged).
     """
 
     net: PoseStudent
@@ -65,6 +71,7 @@ class LoadedStudent:
     run_config: DictConfig
     checkpoint: Path
     step: int
+    provenance: dict | None = None
 
     @property
     def crop_size(self) -> int:
@@ -145,7 +152,21 @@ def load_student(checkpoint: str | Path, run_config: str | Path | None = None) -
     logger.info("loaded %s (step %d, crop %d px) with %s", checkpoint, ckpt.get("global_step", -1),
                 net.crop_size, config_path)
     return LoadedStudent(net=net.eval(), mean_pose=mean_pose, run_config=cfg,
-                         checkpoint=checkpoint, step=int(ckpt.get("global_step", -1)))
+                         checkpoint=checkpoint, step=int(ckpt.get("global_step", -1)),
+                         provenance=_provenance(ckpt, checkpoint))
+
+
+def _provenance(ckpt: dict, checkpoint: Path) -> dict | None:
+    """The checkpoint's manifest, None when it has none or a malformed one (logged)."""
+    manifest = ckpt.get(MANIFEST_KEY)
+    if manifest is None:
+        logger.info("%s records no provenance (written before manifests)", checkpoint)
+        return None
+    try:
+        return validate_manifest(manifest, str(checkpoint))
+    except ProvenanceError as exc:
+        logger.warning("%s; ignored", exc)
+        return None
 
 
 def _load_part(module: torch.nn.Module, state: dict, prefix: str, checkpoint: Path,

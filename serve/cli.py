@@ -3,11 +3,13 @@
     stream-pose predict --checkpoint X --video Y [--out preds.jsonl] [--overlay out.mp4]
     stream-pose evaluate checkpoint=X [Hydra overrides]   (= python -m serve.evaluate)
     stream-pose export checkpoint=X format=onnx           (= python -m serve.export)
+    stream-pose provenance X [--json]                     (the videos X learnt from)
     stream-pose serve stdio [--model M]                   (seed 000: JSON on stdin/stdout)
     stream-pose serve http --api hybrid|tasks [--model M] [--port N] [--video-root DIR]
 
-`predict` and `serve` take argparse options (`--help`); `evaluate` and `export` are Hydra apps
-and take overrides. M is an exported `.onnx`, a `.ckpt`, or `mediapipe` / `comotion`.
+`predict`, `provenance` and `serve` take argparse options (`--help`); `evaluate` and `export`
+are Hydra apps and take overrides. M is an exported `.onnx`, a `.ckpt`, or `mediapipe` /
+`comotion`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv = [f"stream-pose {command}", *args]  # Hydra reads its overrides from argv
         (evaluate if command == "evaluate" else export).main()
         return 0
+    if command == "provenance":
+        from serve.provenance import main as provenance
+
+        return provenance(args)
     print(f"usage:\n{USAGE}", file=sys.stderr if command not in ("-h", "--help") else sys.stdout)
     return 0 if command in ("-h", "--help") else EXIT_USAGE
 

@@ -21,6 +21,13 @@ one is deprecated since torch 2.9, and both export this network with the same nu
 (or reloads the TorchScript) on random crops and fails unless the largest difference from torch
 is below `atol_m` (kpts3d) and `atol_px` (kpts2d).
 
+Provenance: the checkpoint's manifest of the videos the student learnt from
+(`stream_pose.provenance`) goes into every export, through the secrets policy again: ONNX
+`metadata_props["provenance"]`, Core ML user-defined metadata `provenance` (and a one-line
+summary in its licence field), TorchScript extra files `provenance.json` (and `metadata.json`).
+A checkpoint written before manifests still exports, without one (`stream-pose provenance`
+then says "no provenance recorded").
+
 Core ML: converted with coremltools from a `torch.jit.trace` (its `torch.export` frontend fails on
 this graph with torch 2.13: "Unsupported fx node alias") to an ML program (`.mlpackage`).
 Core ML has no uint8 tensor input, so `dtype=uint8` gives an RGB image input (batch 1, scaled by
@@ -46,6 +53,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from serve.checkpoint import CheckpointError, load_student, required_checkpoint
+from stream_pose.provenance import MANIFEST_FILE, MANIFEST_KEY, manifest_json, redact_manifest
 from stream_pose.runtime import CONF_DIR
 from stream_pose.skeleton import JOINT_NAMES
 from train.module import image_to_float
@@ -151,8 +159,12 @@ def export(cfg: DictConfig) -> ExportResult:
         Path(loaded.run_config.paths.output_dir) / "export"
         / f"{loaded.checkpoint.stem}{FORMATS[cfg.format]}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if loaded.provenance is None:
+        logger.warning("%s records no provenance: the export will not say which videos the "
+                       "student learnt from", loaded.checkpoint)
     metadata = model_metadata(model, loaded.step, loaded.supervised,
-                              loaded.run_config.get("source", {}).get("max_side"))
+                              loaded.run_config.get("source", {}).get("max_side"),
+                              provenance=loaded.provenance)
     try:
         if cfg.format == "onnx":
             export_onnx(model, path, cfg.opset, metadata)
@@ -174,14 +186,19 @@ def export(cfg: DictConfig) -> ExportResult:
 
 
 def model_metadata(model: ExportableStudent, step: int, supervised: np.ndarray | None = None,
-                   frame_max_side: int | None = None) -> dict[str, str]:
+                   frame_max_side: int | None = None,
+                   provenance: dict | None = None) -> dict[str, str]:
     """What a user of the exported file needs to know, as string pairs stored inside it.
 
     `supervised_joints` names the joints the training labels had (`LoadedStudent.supervised`);
     serving gives the others confidence 0. `frame_max_side` is the longer side training's
-    frames were downscaled to (`source.max_side`); serving downscales frames the same way."""
+    frames were downscaled to (`source.max_side`); serving downscales frames the same way.
+    `provenance` is the checkpoint's manifest (`LoadedStudent.provenance`), stored as JSON under
+    `provenance` after the secrets policy (`stream_pose.provenance.redact_manifest`); None
+    stores no such key."""
     supervised = np.ones(len(JOINT_NAMES), bool) if supervised is None else supervised
     low, high = ("0", "255") if model.dtype == torch.uint8 else ("0", "1")
+    extra = {} if provenance is None else {MANIFEST_KEY: manifest_json(redact_manifest(provenance))}
     return {
         "producer": "stream-pose",
         "input": f"{INPUT}: [B, 3, {model.crop_size}, {model.crop_size}] RGB crop, "
@@ -193,6 +210,7 @@ def model_metadata(model: ExportableStudent, step: int, supervised: np.ndarray |
         "confidence": "[B, 27] in [0, 1], heatmap mass around each joint's peak",
         "train_step": str(step),
         "frame_max_side": "" if frame_max_side is None else str(int(frame_max_side)),
+        **extra,
     }
 
 
@@ -225,9 +243,13 @@ def check_onnx(model: ExportableStudent, path: Path) -> Difference:
 
 
 def export_torchscript(model: ExportableStudent, path: Path, metadata: dict[str, str]) -> None:
-    """A traced TorchScript module; metadata as `_extra_files` (`metadata.json`)."""
+    """A traced TorchScript module; metadata as `_extra_files` (`metadata.json`, and the
+    provenance manifest alone as `provenance.json` when the metadata has one)."""
     traced = _trace(model)
-    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(metadata)})
+    extra = {"metadata.json": json.dumps(metadata)}
+    if MANIFEST_KEY in metadata:
+        extra[MANIFEST_FILE] = metadata[MANIFEST_KEY]
+    torch.jit.save(traced, str(path), _extra_files=extra)
 
 
 def check_torchscript(model: ExportableStudent, path: Path) -> Difference:
@@ -262,6 +284,8 @@ def export_coreml(model: ExportableStudent, path: Path, metadata: dict[str, str]
     )
     mlmodel.user_defined_metadata.update(metadata)
     mlmodel.short_description = "stream-pose student: 3D and 2D human pose from a person crop"
+    if MANIFEST_KEY in metadata:
+        mlmodel.license = _licence_summary(json.loads(metadata[MANIFEST_KEY]))
     mlmodel.save(str(path))
 
 
@@ -294,6 +318,18 @@ def check_coreml(model: ExportableStudent, path: Path) -> Difference | None:
         feed = Image.fromarray(x[0].permute(1, 2, 0).numpy(), mode="RGB")
     out = mlmodel.predict({INPUT: feed})
     return _difference(model, x, *(out[n] for n in OUTPUTS))
+
+
+def _licence_summary(manifest: dict) -> str:
+    """One line for Core ML's licence field: the training videos' licences, counted."""
+    counts: dict[str, int] = {}
+    for video in manifest.get("videos", []):
+        if video.get("split") == "train":
+            licence = video.get("licence") or "licence unknown"
+            counts[licence] = counts.get(licence, 0) + 1
+    listed = ", ".join(f"{n} x {licence}" for licence, n in counts.items()) or "none"
+    return (f"trained on videos: {listed}; teacher {manifest['teacher'].get('name', '?')}. "
+            f"Full manifest: user-defined metadata '{MANIFEST_KEY}' (stream-pose provenance)")
 
 
 def _trace(model: nn.Module) -> torch.jit.ScriptModule:

@@ -1,5 +1,5 @@
-"""Training callbacks: ring-buffer telemetry, a checkpoint when training dies or is stopped, and
-the LR schedule of a resumed run."""
+"""Training callbacks: ring-buffer telemetry, a checkpoint when training dies or is stopped, the
+LR schedule of a resumed run, and the provenance manifest in every checkpoint."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from data.producer import StreamProducer
+from stream_pose.provenance import MANIFEST_KEY, build_manifest, teacher_info
 from stream_pose.runtime import usable_cores
 
 logger = logging.getLogger(__name__)
@@ -297,3 +298,50 @@ class ScheduleOnResume(L.Callback):
                     scheduler.step()
             logger.info("resumed LR schedule %s at step %d: lr %s", type(scheduler).__name__,
                         trainer.global_step, scheduler.get_last_lr())
+
+
+class ProvenanceRecorder(L.Callback):
+    """Writes the provenance manifest (`stream_pose.provenance`) into every checkpoint, under
+    `checkpoint["provenance"]`: the videos the student learnt from and those that chose it
+    (validation), with their source kind, id, address, licence and credit, frames labelled and
+    samples, the teacher and its version, and stream-pose's version.
+
+    The videos come from the datamodule (`StreamDataModule.provenance_videos`, all ranks: every
+    rank must save, as Lightning's checkpointing does); a resumed run adds its own to those of the
+    checkpoint it resumed from. The manifest passes through the secrets policy before it is
+    stored. A datamodule without `provenance_videos` gets no manifest (logged once).
+    Called only for full checkpoints (Lightning skips callbacks for `weights_only` ones; every
+    checkpoint of `train.train` is full). `train.train` adds it to every run, whatever the
+    `callbacks` group says.
+    """
+
+    def __init__(self) -> None:
+        self._restored: list[dict[str, Any]] = []
+        self._warned = False
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        restored = checkpoint.get(MANIFEST_KEY)
+        self._restored = list(restored.get("videos", [])) if isinstance(restored, dict) else []
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        manifest = self.manifest(trainer)
+        if manifest is not None:
+            checkpoint[MANIFEST_KEY] = manifest
+
+    def manifest(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        """The manifest of the run so far (a collective under DDP), or None without a
+        `StreamDataModule`-like datamodule."""
+        datamodule = getattr(trainer, "datamodule", None)
+        videos = getattr(datamodule, "provenance_videos", None)
+        if videos is None:
+            if not self._warned:
+                logger.warning("datamodule %s lists no videos: checkpoints carry no provenance",
+                               type(datamodule).__name__)
+                self._warned = True
+            return None
+        teacher = teacher_info(getattr(datamodule, "teacher_names", []),
+                               getattr(datamodule, "teacher_factory", None))
+        return build_manifest([*self._restored, *videos()], teacher,
+                              train_step=trainer.global_step)

@@ -9,7 +9,9 @@
 Everything a run writes goes to its folder (`paths.output_dir`, by default `runs/<time>/` in the
 repository): Hydra's config, `checkpoints/`, the logger's files, `summary.json` (rank 0) and
 `train_videos_rank<r>.json` (the training video ids each rank used). Never video, frames or
-crops. Ctrl-C saves `checkpoints/interrupted.ckpt` and exits with status 130.
+crops. Every checkpoint carries the provenance manifest of its videos (`stream_pose.provenance`,
+`train.callbacks.ProvenanceRecorder`; `stream-pose provenance <ckpt>` prints it). Ctrl-C saves
+`checkpoints/interrupted.ckpt` and exits with status 130.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ from stream_pose.secrets import (
     refuse_config,
     refuse_overrides,
 )
-from train.callbacks import CheckpointOnException, ReclaimProducerCores, stream_telemetry
+from train.callbacks import (
+    CheckpointOnException,
+    ProvenanceRecorder,
+    ReclaimProducerCores,
+    stream_telemetry,
+)
 from train.loggers import WandbKeyError
 from train.panels import SkeletonPanels
 from train.throughput import StudentThroughput
@@ -135,6 +142,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = make_callbacks(resolved.get("callbacks"), loggers=loggers,
                                log_images=bool((cfg.get("logger") or {}).get("log_images")),
                                fixed_threads=cfg.get("torch_threads") is not None)
+    if not any(isinstance(c, ProvenanceRecorder) for c in callbacks):
+        # Not a switch of the callbacks group: every checkpoint must say what it learnt from.
+        callbacks.append(ProvenanceRecorder())
     saver = next((c for c in callbacks if isinstance(c, CheckpointOnException)), None)
     trainer: L.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False

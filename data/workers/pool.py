@@ -500,10 +500,12 @@ class ProducerPool:
 
 
 def _merge_report(live: ProducerStats, report: ProducerStats) -> None:
-    """Fold a worker report (cumulative totals, changed videos only) into its live counters."""
+    """Fold a worker report (cumulative totals, changed videos and their refs only) into its
+    live counters."""
     live.total, live.skipped_videos = report.total, report.skipped_videos
     live.source_stats, live.last_error = report.source_stats, report.last_error
-    live.paused = report.paused
+    live.paused, live.teacher = report.paused, report.teacher
+    live.refs.update(report.refs)
     live.per_video.update(report.per_video)
 
 

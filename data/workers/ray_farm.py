@@ -545,5 +545,6 @@ class RayProducer:
 
 def _delivered_only(stats: ProducerStats, slot: _Slot) -> ProducerStats:
     """A dead actor's counters for the videos it delivered (the rest is labelled again)."""
-    kept = {v: s for v, s in stats.per_video.items() if v in set(slot.delivered)}
-    return replace(stats, per_video=kept)
+    delivered = set(slot.delivered)
+    return replace(stats, per_video={v: s for v, s in stats.per_video.items() if v in delivered},
+                   refs={v: r for v, r in stats.refs.items() if v in delivered})

@@ -125,9 +125,10 @@ class _Heartbeat(threading.Thread):
     """Reports the worker's counters every `every_s`, and at once on any other message from the
     parent ("report": `ProducerPool.refresh_stats`); watches the pipe for "stop".
 
-    Reports carry only the per-video counters that changed since the last one, so a long stream
-    of short videos does not make each report longer. On "stop" (or the parent's death) it sets
-    `stop` and, after a second, closes the source, which wakes a source resting between passes.
+    Reports carry only the per-video counters that changed since the last one (and the
+    `VideoRef`s of those videos), so a long stream of short videos does not make each report
+    longer. On "stop" (or the parent's death) it sets `stop` and, after a second, closes the
+    source, which wakes a source resting between passes.
     """
 
     def __init__(self, channel: _Channel, stats: ProducerStats, stop: threading.Event,
@@ -159,8 +160,10 @@ class _Heartbeat(threading.Thread):
         changed = {v: replace(s) for v, s in per_video.items()
                    if self._sent.get(v) != s.frames}  # copies of the few that changed only
         self._sent.update({v: s.frames for v, s in changed.items()})
-        snap = replace(self.stats, per_video={}).copy()
+        refs = dict(self.stats.refs)  # after per_video: label_stream sets a ref first
+        snap = replace(self.stats, per_video={}, refs={}).copy()
         snap.per_video = changed
+        snap.refs = {v: refs[v] for v in changed if v in refs}
         try:
             self.channel.send(("stats", snap))
         except OSError:
