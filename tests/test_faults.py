@@ -135,6 +135,21 @@ def test_a_secret_override_is_refused_before_hydra_writes(tmp_path, override):
         assert secret not in proc.stdout + proc.stderr
 
 
+def test_a_secret_in_an_experiment_yaml_is_refused_before_hydra_writes(tmp_path):
+    """Left open by the reliability work and named in issue 21: a key written into a config
+    file was refused by train() only after Hydra had saved it in .hydra/config.yaml."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "leaky.yaml").write_text(
+        f"# @package _global_\nsource:\n  note: {KEY}\n")
+    run_dir = tmp_path / "run"
+    proc, _ = _run(f"hydra.run.dir={run_dir}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                   "experiment=leaky", env={**ENV, "WANDB_API_KEY": KEY})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert not run_dir.exists()
+    (line,) = _error_lines(proc)
+    assert "source.note" in line and KEY not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("argv", [["--dry-run", "--token", KEY],
                                   ["--dry-run", "--video", "x.mp4", "--labeler", KEY]])
 def test_pipeline_never_echoes_a_secret(argv):
@@ -408,7 +423,7 @@ def test_three_producers_share_four_videos():
 
 @needs_videos
 def test_skipped_videos_reach_the_run_summary(tmp_path):
-    from test_datamodule import FakeTeacher
+    from fakes.teachers import FakeTeacher
 
     from data.datamodule import StreamDataModule
 

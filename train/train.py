@@ -448,15 +448,37 @@ def _finish(loggers: list[Logger]) -> None:
 def main() -> None:
     """CLI: `python -m train.train` / `stream-pose-train` with Hydra overrides.
 
-    Arguments carrying a secret are refused here, before Hydra writes the run folder's
-    `.hydra/` files (`stream_pose.secrets.refuse_argv`): exit status 2, nothing written.
+    Arguments carrying a secret, and a config that holds one (an experiment YAML with a key
+    written in it), are refused here, before Hydra writes the run folder's `.hydra/` files
+    (`stream_pose.secrets.refuse_argv`, `refuse_composed`): exit status 2, nothing written.
     """
     try:
         refuse_argv(sys.argv[1:])
+        refuse_composed(sys.argv[1:])
     except SecretInConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     _hydra_main()
+
+
+def refuse_composed(argv: list[str]) -> None:
+    """Compose the config as Hydra is about to (the same overrides) and refuse a secret in it:
+    Hydra saves the composed config into `.hydra/` before `train` could look at it.
+
+    A command line Hydra cannot compose is left to Hydra to report.
+
+    Raises:
+        SecretInConfigError: a config field holding a secret (`refuse_config`).
+    """
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except Exception:  # noqa: BLE001 - Hydra's own run gives the error its usual form
+        return
+    refuse_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from fakes.teachers import FakeTeacher
 from shared_paths import VIDEOS
 
 from data.datamodule import EmptyValidationSetError, StreamDataModule
@@ -21,7 +22,6 @@ from data.shared import SEGMENT_PREFIX, SHM_DIR
 from data.workers import ProducerSettings
 from labeler.base import TeacherUnavailableError
 from stream_pose.camera import default_K
-from stream_pose.codec import label_from_camera
 from stream_pose.types import Frame, VideoRef
 from video_sources.base import SourceStats
 from video_sources.synthetic import SyntheticSource
@@ -29,7 +29,6 @@ from video_sources.synthetic import SyntheticSource
 HW = (48, 64)
 S = 32
 
-PERSON = np.random.default_rng(0).normal(0, 0.15, (27, 3)) + [0.0, 0.0, 4.0]  # metres
 
 
 class FakeSource:
@@ -50,28 +49,6 @@ class FakeSource:
                     yield Frame(image, i, i / 30, VideoRef(vid, "fake"), K=default_K(*HW))
             if not self.loop or not self.videos:
                 return
-
-    def close(self):
-        pass
-
-
-class FakeTeacher:
-    """One person per frame; `behaviour(frame)` may return "none" or raise instead."""
-
-    name, device = "fake", "cpu"
-
-    def __init__(self, behaviour=lambda frame: None):
-        self.behaviour = behaviour
-
-    def label(self, frame):
-        if self.behaviour(frame) == "none":
-            return []
-        K = frame.K if frame.K is not None else default_K(*frame.hw)
-        return [label_from_camera(PERSON, K, frame.hw, track_id=0, confidence=1.0,
-                                  teacher=self.name)]
-
-    def reset(self):
-        pass
 
     def close(self):
         pass
