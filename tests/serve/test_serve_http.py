@@ -28,6 +28,7 @@ from servetools import (
 )
 from shared_paths import SHARED, VIDEOS
 
+from bench import procfs
 from bench.server import Server
 from serve.images import encode_jpeg_base64
 
@@ -278,10 +279,7 @@ def test_a_full_queue_answers_503_with_retry_after(student_onnx, tmp_path):
 
 
 def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    return procfs.status_kib(pid)["VmRSS"] / 1024
 
 
 def test_deleted_uploads_leave_the_queue_and_memory(student_onnx, tmp_path):

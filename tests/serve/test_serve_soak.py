@@ -13,6 +13,7 @@ import pytest
 from servetools import clip_frames, png_header_only
 from shared_paths import VIDEOS
 
+from bench import procfs
 from bench.server import Server
 from serve.images import encode_jpeg_base64
 
@@ -21,8 +22,7 @@ ROUNDS = 12
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return procfs.status_kib(pid)["VmRSS"] / 1024
 
 
 def _bad_requests(server, good_b64: str):
