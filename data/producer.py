@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ContextManager, Generator, Iterable, Iterator, Protocol
 
 from data.prefetch import PrefetchIterator
@@ -41,6 +44,11 @@ SKIP_AFTER_FAILURES = 10  # a video whose first N frames all fail is skipped
 
 class ProducerFailedError(RuntimeError):
     """The producers stopped for good (crash, restarts used up); the message says why."""
+
+
+class ProducerStalledError(ProducerFailedError):
+    """A producer thread made no progress for `stall_timeout_s` (`Producer`); a thread cannot be
+    killed or restarted, so the run fails with where it was stuck."""
 
 
 @dataclass
@@ -188,6 +196,24 @@ class StreamProducer(Protocol):
     def failure_reason(self) -> str | None:
         """Why no more samples will come (crash, the stream ran out), or None while it runs
         (or was stopped); meant as `RingBuffer.wait_for(abort=...)`."""
+
+
+def progress_mark(stats: ProducerStats) -> tuple:
+    """Counters that move while a producer works: frames labelled, videos skipped and (a video
+    can take a while to fetch) frames decoded, videos read and skipped by its source. A producer
+    whose mark stays the same, and which is not paused for the trainer, is stalled."""
+    src = stats.source_stats
+    return (stats.total.frames, len(stats.skipped_videos),
+            *((src.frames, src.videos_ok, src.videos_skipped) if src is not None else ()))
+
+
+def describe_doing(stats: ProducerStats) -> str:
+    """What a producer was at, from its counters: for a stall message."""
+    src = stats.source_stats
+    video = src.current if src is not None and src.current else (
+        next(reversed(stats.per_video), None))
+    where = f"on video {video}" if video else "before its first video"
+    return f"{where} ({stats.total.frames} frames labelled)"
 
 
 def combine_stats(parts: Iterable[ProducerStats]) -> ProducerStats:
@@ -450,11 +476,20 @@ class Producer:
     `producer.workers=0` picks this one (debugging, fast tests). A `StreamProducer`: one worker,
     never restarted, whose counters are always current.
 
+    A watchdog thread checks `progress_mark` of the counters: when it stays put for
+    `stall_timeout_s` while the producer is not paused for the trainer (a trickling download, a
+    stuck teacher), the producer fails with `ProducerStalledError` naming the video and the line
+    the thread is stuck on, and is asked to stop. A thread cannot be killed, so unlike the
+    process pool nothing restarts it: the trainer stops at its next batch
+    (`StreamDataModule.check_producers`) instead of training on a frozen buffer.
+
     Args:
         source: the frames to label; iterated and closed by the thread.
         teacher_factory: makes the teacher, e.g. a Hydra `_partial_` of a teacher class.
         buffer: where the crops go; it sets the crop side (`buffer.crop_size`).
         reads_per_overwrite: pacing against the trainer (see `label_stream`); None: never wait.
+        stall_timeout_s: seconds without progress before the producer fails as stalled
+            (`producer.stall_timeout_s`); None: never.
     """
 
     def __init__(
@@ -463,23 +498,31 @@ class Producer:
         teacher_factory: Callable[[], Teacher],
         buffer: RingBuffer,
         reads_per_overwrite: float | None = None,
+        stall_timeout_s: float | None = None,
     ):
+        if stall_timeout_s is not None and stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be > 0 or None, got {stall_timeout_s}")
         self._source, self._teacher_factory = source, teacher_factory
         self._buffer = buffer
         self._reads_per_overwrite = reads_per_overwrite
+        self._stall_timeout_s = stall_timeout_s
         self._stop = threading.Event()
         self._stats = ProducerStats()
         self._error: BaseException | None = None
+        self._stalls = 0
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="stream-pose-producer", daemon=True)
 
     def start(self) -> None:
-        """Start the labelling thread.
+        """Start the labelling thread (and its watchdog, with a `stall_timeout_s`).
 
         Raises:
             RuntimeError: if it was started before.
         """
         self._thread.start()
+        if self._stall_timeout_s is not None:
+            threading.Thread(target=self._watch, name="stream-pose-producer-watchdog",
+                             daemon=True).start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the thread to stop after its current frame and join it; idempotent.
@@ -523,8 +566,8 @@ class Producer:
 
     @property
     def stalls(self) -> int:
-        """Always 0: a thread is not supervised for progress."""
-        return 0
+        """1 once the thread was found stalled (see the class docstring), else 0."""
+        return self._stalls
 
     def worker_stats(self) -> list[ProducerStats]:
         """`[stats]`: the thread is the only worker."""
@@ -560,7 +603,8 @@ class Producer:
             logger.info("producer finished: %d frames, %d samples",
                         self._stats.total.frames, self._stats.total.samples_pushed)
         except BaseException as exc:  # kept for the trainer: a dead producer must be visible
-            self._error = exc
+            if self._error is None:  # a stall found by the watchdog stays the reason
+                self._error = exc
             logger.error("producer failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         finally:
             if teacher is not None:
@@ -570,6 +614,49 @@ class Producer:
 
     def _close_source(self) -> None:
         _close_quietly(self._source, "source")
+
+    def _watch(self) -> None:
+        """Watchdog: fail the producer once its counters stop moving (see the class docstring)."""
+        timeout = float(self._stall_timeout_s)
+        mark, since = progress_mark(self._stats), time.monotonic()
+        while not self._stop.wait(min(1.0, timeout / 10)) and self._thread.is_alive():
+            now, current = time.monotonic(), progress_mark(self._stats)
+            if current != mark or self._stats.paused:
+                mark, since = current, now
+            elif now - since > timeout:
+                self._fail_stalled(now - since)
+                return
+
+    def _fail_stalled(self, idle_s: float) -> None:
+        doing, line = describe_doing(self._stats), _stuck_at(self._thread)
+        self._error = ProducerStalledError(
+            f"the producer thread made no progress for {idle_s:.0f} s {doing}, stuck at {line} "
+            f"(producer.stall_timeout_s={self._stall_timeout_s:g}); a thread cannot be "
+            f"restarted: producer.workers >= 1 restarts stalled producers")
+        self._stalls = 1
+        logger.error("%s", self._error)
+        self._stop.set()  # it stops at its next frame, if it ever gets one
+
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stuck_at(thread: threading.Thread) -> str:
+    """Where `thread` is now: its innermost frame (`file:line in function`) and, when that is in
+    a library, the innermost frame of this project's code that called it."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "an unknown line (the thread has ended)"
+    stack = traceback.extract_stack(frame)
+
+    def where(entry: traceback.FrameSummary) -> str:
+        return f"{Path(entry.filename).name}:{entry.lineno} in {entry.name}"
+
+    ours = [e for e in stack if Path(e.filename).resolve().is_relative_to(_PROJECT_ROOT)
+            and ".venv" not in Path(e.filename).parts]
+    if not ours or ours[-1] is stack[-1]:
+        return where(stack[-1])
+    return f"{where(stack[-1])}, called from {where(ours[-1])}"
 
 
 def _close_quietly(obj: object, what: str) -> None:

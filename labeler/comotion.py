@@ -7,10 +7,11 @@ output per frame is a track state: `pred_3d [1, T, 27, 3]` camera-frame metres, 
 is ours (X right, Y down, Z forward; `pred_2d = project(K, pred_3d)`), so the conversion is
 `stream_pose.codec.label_from_camera` per live slot and nothing else.
 
-The code comes from the `comotion_demo` package, installed from the `ml-comotion/` submodule
-(`pip install -e ml-comotion`); nothing of it is vendored here. Its files live inside that
+The code comes from the `comotion_demo` package of the `ml-comotion/` submodule, importable in
+CoMotion's own environment (`make comotion-env`, .venv-comotion); nothing of it is vendored here. Its files live inside that
 package: `data/comotion_detection_checkpoint.pt`, `data/comotion_refine_checkpoint.pt`,
-`data/comotion_detection.mlpackage` (from `get_pretrained_models.sh`) and
+`data/comotion_detection.mlpackage`, `data/smpl/extra_smpl_reference.pt` (from
+`get_pretrained_models.sh`) and
 `data/smpl/SMPL_NEUTRAL.pkl` (from the SMPL site). Every missing piece raises one
 `TeacherUnavailableError` that names it and the command or URL that fixes it, before any import
 of CoMotion's heavy dependencies.
@@ -67,6 +68,11 @@ class CoMotionFiles:
         return self.data_dir / "smpl" / "SMPL_NEUTRAL.pkl"
 
     @property
+    def extra_reference(self) -> Path:
+        """SMPL mean pose and COCO regressor, which CoMotion loads on import (checkpoint tarball)."""
+        return self.data_dir / "smpl" / "extra_smpl_reference.pt"
+
+    @property
     def checkpoints(self) -> tuple[Path, Path]:
         """PyTorch weights of the detection and the refinement (update) stages."""
         return (self.data_dir / "comotion_detection_checkpoint.pt",
@@ -116,26 +122,28 @@ def locate_package(submodule_dir: Path = SUBMODULE_DIR) -> CoMotionFiles:
     if not (submodule_dir / "pyproject.toml").is_file():
         raise TeacherUnavailableError(
             f"CoMotion is not checked out: {submodule_dir} is empty. Run "
-            f"`git submodule update --init ml-comotion`, then `pip install -e ml-comotion`")
+            f"`git submodule update --init ml-comotion`, then `make comotion-env` and use "
+            f".venv-comotion/bin/python (README, 'CoMotion teacher')")
     raise TeacherUnavailableError(
-        f"CoMotion's package `comotion_demo` is not installed. Run `pip install -e ml-comotion` "
-        f"(offline or to keep your torch: `pip install --no-deps -e ml-comotion` and "
-        f"`pip install {DEPENDENCIES}`)")
+        "CoMotion's package `comotion_demo` is not importable in this environment. Run "
+        "`make comotion-env` and use .venv-comotion/bin/python (or, in your own environment, "
+        f"`pip install --no-deps -e ml-comotion` and `pip install {DEPENDENCIES}`)")
 
 
 def check_files(files: CoMotionFiles, *, pretrained: bool, use_coreml: bool) -> None:
     """Raise one clear error for the first missing model file.
 
     Raises:
-        TeacherUnavailableError: SMPL model, PyTorch checkpoints (when `pretrained`) or the
-            CoreML package (when `use_coreml`) absent; the message says how to get it.
+        TeacherUnavailableError: SMPL model, CoMotion's SMPL reference file (needed even with
+            random weights: CoMotion loads it on import), PyTorch checkpoints (when `pretrained`)
+            or the CoreML package (when `use_coreml`) absent; the message says how to get it.
     """
     if not files.smpl_model.is_file():
         raise TeacherUnavailableError(
             f"SMPL body model missing: {files.smpl_model}. Register at {SMPL_URL}, download "
             f"'SMPL for Python' v1.1.0 (non-commercial licence), and copy its {SMPL_SOURCE_FILE} "
             f"to that path")
-    wanted = list(files.checkpoints) if pretrained else []
+    wanted = [files.extra_reference] + (list(files.checkpoints) if pretrained else [])
     wanted += [files.coreml_package] if use_coreml else []
     missing = [p for p in wanted if not p.exists()]
     if missing:
@@ -365,7 +373,7 @@ def _import_comotion() -> Any:
     except Exception as exc:  # ImportError, or a broken torchvision raising RuntimeError
         missing = getattr(exc, "name", None) or type(exc).__name__
         raise TeacherUnavailableError(
-            f"CoMotion's dependencies do not import ({missing}: {exc}). Install them into this "
-            f"environment with CoMotion's pins: `pip install {DEPENDENCIES}` (torchvision must "
-            f"match your torch; see the README, 'CoMotion teacher')") from exc
+            f"CoMotion's dependencies do not import ({missing}: {exc}). Use CoMotion's own "
+            f"environment (`make comotion-env`, then .venv-comotion/bin/python) or install its "
+            f"pins here: `pip install {DEPENDENCIES}` (torchvision must match your torch)") from exc
     return comotion

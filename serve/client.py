@@ -17,6 +17,7 @@ intended use (`serve.live`); a client that sends faster has older frames answere
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import cv2
@@ -24,6 +25,7 @@ import numpy as np
 import requests
 
 MAX_SIDE = 640  # the live page's longer side; the server downsizes larger frames anyway
+CLOSE_FRAME_WAIT_S = 2.0  # after a failed send, how long the server's close frame may take
 
 
 class StreamClosed(RuntimeError):
@@ -86,18 +88,33 @@ class PoseStream:
         try:
             return json.loads(self.ws.recv(timeout=self.timeout_s))
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            raise StreamClosed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from exc
+            raise self._closed(exc) from exc
 
     def send(self, frame: bytes) -> None:
-        """Send one encoded frame without waiting (its answer comes from `receive`)."""
+        """Send one encoded frame without waiting (its answer comes from `receive`).
+
+        Raises:
+            StreamClosed: the server closed the stream, during the send included (a frame over
+                the server's limit is refused while it is still being sent).
+        """
         from websockets.exceptions import ConnectionClosed
 
         try:
             self.ws.send(frame)
-        except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            raise StreamClosed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "") from exc
+        except (ConnectionClosed, OSError) as exc:
+            raise self._closed(exc) from exc
+
+    def _closed(self, exc: Exception) -> StreamClosed:
+        """`StreamClosed` with the server's close frame. A send that fails mid-frame (the server
+        closed while we wrote) can fail before the reading thread has parsed the close frame that
+        already arrived, so wait briefly for it; None when it never comes (a reset)."""
+        rcvd = getattr(exc, "rcvd", None)
+        deadline = time.monotonic() + CLOSE_FRAME_WAIT_S
+        while rcvd is None and time.monotonic() < deadline:
+            rcvd = getattr(getattr(self.ws, "protocol", None), "close_rcvd", None)
+            if rcvd is None:
+                time.sleep(0.02)
+        return StreamClosed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
 
     def receive(self) -> dict[str, Any]:
         """The next answer: `type` "pose", "dropped" or "error" (`serve.live`).

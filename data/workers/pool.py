@@ -37,6 +37,8 @@ from data.producer import (
     ProducerStats,
     StreamProducer,
     combine_stats,
+    describe_doing,
+    progress_mark,
 )
 from data.ring_buffer import RingBuffer
 from data.workers.worker import WorkerError, WorkerSpec, run_worker, shard_kwargs, worker_shard
@@ -59,7 +61,8 @@ class ProducerSettings:
             parent's main module, and the teacher loads its model).
         stall_timeout_s: a worker that reports but makes no progress this long (no frame
             decoded, no video read or skipped, not paused for the trainer) is taken for
-            stalled and restarted; keep it above the source's download time limit.
+            stalled and restarted; keep it above the source's download time limit. With
+            `workers=0` the thread fails the run instead (a thread cannot be restarted).
         stop_timeout_s: seconds a stopping worker gets to finish its frame before SIGTERM.
     """
 
@@ -101,7 +104,8 @@ class ProducerSettings:
             return ProducerPool(source, teacher, buffer, settings=self, rank=rank,
                                 world_size=world_size, reads_per_overwrite=reads_per_overwrite)
         return Producer(source(split="train", **shard_kwargs(rank, world_size)), teacher, buffer,
-                        reads_per_overwrite=reads_per_overwrite)
+                        reads_per_overwrite=reads_per_overwrite,
+                        stall_timeout_s=self.stall_timeout_s)
 
 
 
@@ -120,7 +124,7 @@ class _Worker:
     last_stats: float | None = None  # when its last counters arrived
     ended: WorkerError | None = None  # why the current incarnation ended, if it said
     finished: bool = False  # its source ran out (a clean end, not restarted)
-    progress: tuple | None = None  # counters that move when it works (see `_progress`)
+    progress: tuple | None = None  # counters that move when it works (see `progress_mark`)
     last_progress: float = 0.0  # when they last moved (or it was paused for the trainer)
 
     @property
@@ -388,7 +392,7 @@ class ProducerPool:
             with self._lock:
                 _merge_report(worker.live, message[1])
             worker.last_stats = worker.last_report
-            progress = _progress(worker.live)
+            progress = progress_mark(worker.live)
             if progress != worker.progress or worker.live.paused:
                 worker.progress, worker.last_progress = progress, worker.last_report
         elif kind == "log":
@@ -456,7 +460,7 @@ class ProducerPool:
 
     def _kill_stalled(self, worker: _Worker, idle_s: float) -> None:
         """Kill a worker that reports but does nothing; `_on_exit` then restarts it."""
-        doing = _doing(worker.live)
+        doing = describe_doing(worker.live)
         worker.ended = WorkerError(f"no progress for {idle_s:.0f} s while {doing} (stalled; "
                                    "see producer.stall_timeout_s); killed")
         logger.warning("producer %d made no progress for %.0f s while %s: killing it "
@@ -507,23 +511,6 @@ def _merge_report(live: ProducerStats, report: ProducerStats) -> None:
     live.paused, live.teacher = report.paused, report.teacher
     live.refs.update(report.refs)
     live.per_video.update(report.per_video)
-
-
-def _progress(stats: ProducerStats) -> tuple:
-    """Counters that move while a worker works: frames labelled, and (a video can take a while
-    to fetch) frames decoded, videos read and skipped by its source."""
-    src = stats.source_stats
-    return (stats.total.frames, len(stats.skipped_videos),
-            *((src.frames, src.videos_ok, src.videos_skipped) if src is not None else ()))
-
-
-def _doing(stats: ProducerStats) -> str:
-    """What a worker was at, from its last report: for the stall message."""
-    src = stats.source_stats
-    video = src.current if src is not None and src.current else (
-        next(reversed(stats.per_video), None))
-    where = f"on video {video}" if video else "before its first video"
-    return f"{where} ({stats.total.frames} frames labelled)"
 
 
 def _exception(ended: WorkerError) -> BaseException:

@@ -16,6 +16,7 @@ from data.producer import (
     SKIP_AFTER_FAILURES,
     LabelStats,
     Producer,
+    ProducerStalledError,
     ProducerStats,
     combine_stats,
     default_prefetch,
@@ -194,6 +195,55 @@ def test_producer_stops_promptly_and_closes_everything():
     assert teachers[0].closed and source.closed
     assert producer.error is None and producer.failure_reason() is None
     producer.stop()  # idempotent
+
+
+class StuckTeacher(FakeTeacher):
+    """Labels `good` frames, then blocks inside `label` until `release` is set."""
+
+    def __init__(self, good=3):
+        super().__init__()
+        self.good, self.release = good, threading.Event()
+
+    def label(self, frame):
+        if frame.index >= self.good:
+            self.release.wait(60)
+        return super().label(frame)
+
+
+def test_a_stuck_thread_producer_fails_as_stalled_and_says_where(caplog):
+    teacher = StuckTeacher(good=3)
+    producer = Producer(FakeSource([("clip", 50)]), lambda: teacher, RingBuffer(100, S),
+                        stall_timeout_s=1.0)
+    with caplog.at_level(logging.ERROR, logger="data.producer"):
+        producer.start()
+        deadline = time.monotonic() + 20
+        while producer.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:
+        assert isinstance(producer.error, ProducerStalledError), producer.error
+        assert producer.stalls == 1 and producer.stats.total.frames == 3
+        reason = producer.failure_reason()
+        assert "no progress" in reason and "on video clip (3 frames labelled)" in reason
+        assert "stuck at threading.py:" in reason and "called from test_producer.py:" in reason
+        assert "producer.workers >= 1" in reason and "stall_timeout_s=1" in reason
+        assert any("no progress" in r.getMessage() for r in caplog.records)
+    finally:
+        teacher.release.set()  # the thread then sees the stop and ends
+        producer.stop(timeout_s=5.0)
+    assert not producer.is_alive and isinstance(producer.error, ProducerStalledError)
+
+
+def test_a_thread_producer_paused_for_the_trainer_is_not_stalled():
+    buffer = RingBuffer(8, S)  # full after 8 frames; nobody reads, so it waits
+    producer = Producer(FakeSource([("v", 100)]), FakeTeacher, buffer, reads_per_overwrite=1.0,
+                        stall_timeout_s=0.5)
+    producer.start()
+    try:
+        time.sleep(2.0)
+        assert producer.stats.paused and producer.stats.total.frames <= 10
+        assert producer.error is None and producer.stalls == 0 and producer.is_alive
+    finally:
+        producer.stop()
 
 
 def test_producer_stats_are_live_copies():

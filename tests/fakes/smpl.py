@@ -90,3 +90,20 @@ def write_fake_smpl(path: Path, seed: int = 0) -> Path:
     with _as_chumpy_class(), open(path, "wb") as f:
         pickle.dump(data, f, protocol=2)
     return path
+
+
+def write_fake_extra_reference(path: Path, seed: int = 0) -> Path:
+    """Write CoMotion's `extra_smpl_reference.pt` (shipped in its checkpoint tarball, not in git):
+    `mean_pose` `[72]` float32 SMPL axis-angle pose (here: the rest pose turned upright in the
+    camera frame, pi about X) and `coco_map` `[6890, 17]` float32 vertex-to-COCO-keypoint weights
+    (random, each column summing to one)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    mean_pose = np.zeros(72, np.float32)
+    mean_pose[0] = np.pi
+    coco_map = rng.dirichlet(np.ones(NUM_VERTICES) * 0.01, 17).T.astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"mean_pose": torch.from_numpy(mean_pose), "coco_map": torch.from_numpy(coco_map)},
+               path)
+    return path

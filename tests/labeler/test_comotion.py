@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fakes.smpl import fake_smpl_dict, write_fake_smpl
+from fakes.smpl import fake_smpl_dict, write_fake_extra_reference, write_fake_smpl
 from shared_paths import REPO, VIDEOS
 
 import labeler.comotion as cm
@@ -175,7 +175,7 @@ def test_submodule_not_checked_out(no_comotion_package, tmp_path):
 
 def test_submodule_checked_out_but_not_installed(no_comotion_package, tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'comotion_demo'\n")
-    with pytest.raises(TeacherUnavailableError, match=r"pip install -e ml-comotion"):
+    with pytest.raises(TeacherUnavailableError, match=r"make comotion-env"):
         cm.locate_package(tmp_path)
 
 
@@ -205,7 +205,12 @@ def test_missing_smpl_model_names_the_path_and_the_site(tmp_path):
 def test_missing_checkpoints_say_how_to_download_them(tmp_path):
     files = _package(tmp_path)
     write_fake_smpl(files.smpl_model)
-    cm.check_files(files, pretrained=False, use_coreml=False)  # random weights need none
+    # CoMotion loads its SMPL reference file on import, so even random weights need it.
+    with pytest.raises(TeacherUnavailableError, match="get_pretrained_models.sh") as err:
+        cm.check_files(files, pretrained=False, use_coreml=False)
+    assert "extra_smpl_reference.pt" in str(err.value)
+    write_fake_extra_reference(files.extra_reference)
+    cm.check_files(files, pretrained=False, use_coreml=False)  # random weights need no more
     with pytest.raises(TeacherUnavailableError, match="get_pretrained_models.sh") as err:
         cm.check_files(files, pretrained=True, use_coreml=False)
     assert "comotion_detection_checkpoint.pt" in str(err.value)
@@ -219,9 +224,10 @@ def test_missing_checkpoints_say_how_to_download_them(tmp_path):
 def test_dependencies_that_do_not_import_are_named(tmp_path, monkeypatch, clean_chumpy):
     files = _package(tmp_path)
     write_fake_smpl(files.smpl_model)
+    write_fake_extra_reference(files.extra_reference)
     monkeypatch.setattr(cm, "locate_package", lambda: files)
     monkeypatch.setitem(sys.modules, "comotion_demo", None)  # import fails, as when absent
-    with pytest.raises(TeacherUnavailableError, match="pip install torchvision timm"):
+    with pytest.raises(TeacherUnavailableError, match="make comotion-env.*pip install torchvision timm"):
         cm.CoMotionTeacher(device="cpu", pretrained=False)
 
 
@@ -382,3 +388,13 @@ def test_training_with_comotion_missing_exits_with_the_fix_not_a_traceback(tmp_p
     assert out.returncode != 0
     assert "the teacher cannot run here" in out.stderr and "ml-comotion" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_core_ml_conversion_without_comotion_is_one_line(tmp_path, capsys):
+    from labeler import comotion_coreml
+
+    rc = comotion_coreml.main(["--random-weights", "--out", str(tmp_path / "d.mlpackage")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: CoMotion") and "ml-comotion" in err
+    assert not (tmp_path / "d.mlpackage").exists()
