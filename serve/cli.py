@@ -126,6 +126,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                       help="/process reads video files only under this folder")
     http.add_argument("--data-dir", type=Path, default=REPO_ROOT / "runs" / "serve",
                       help="task database and job outputs (default: %(default)s)")
+    http.add_argument("--answer-paths", choices=("absolute", "relative"), default=None,
+                      help="server paths in job answers: absolute (the seeds', for clients on "
+                      "this machine) or relative to --data-dir / --video-root (default: absolute "
+                      "for a loopback --host, else relative); result.urls serves the files")
     http.add_argument("--job-workers", type=int, default=1,
                       help="video job worker processes (default: %(default)s)")
     http.add_argument("--max-queue", type=int, default=8,
@@ -184,7 +188,8 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
     import uvicorn
 
     from serve.engine import Engine
-    from serve.access import TOKEN_ENV, default_allowed_hosts, load_token, uvicorn_log_config
+    from serve.access import (TOKEN_ENV, default_allowed_hosts, is_loopback, load_token,
+                               split_tokens, uvicorn_log_config)
     from serve.http import DEFAULT_PORTS, ServerConfig, create_app
     from serve.jobs import JobLimits
 
@@ -200,9 +205,12 @@ def _serve_http(args: argparse.Namespace, options: dict) -> int:
                        session_options=options, token=load_token(),
                        body_timeout_s=args.body_timeout_s, keep_jobs_days=args.keep_jobs_days,
                        allowed_hosts=(args.allowed_hosts.split(",") if args.allowed_hosts
-                                      else default_allowed_hosts(args.host)))
+                                      else default_allowed_hosts(args.host)),
+                       answer_paths=args.answer_paths or ("absolute" if is_loopback(args.host)
+                                                          else "relative"))
     if cfg.token:
-        logging.getLogger(__name__).info("bearer token required (%s)", TOKEN_ENV)
+        logging.getLogger(__name__).info("bearer token required (%s: %d tenant(s))", TOKEN_ENV,
+                                         len(split_tokens(cfg.token)))
     port = DEFAULT_PORTS[args.api] if args.port is None else args.port
     # a websocket message over the frame limit is refused by the protocol layer (close 1009)
     # before it is buffered whole; the app checks the exact limit below that

@@ -9,8 +9,9 @@ Routes (both profiles serve all of them; only `/health` differs, as the two seed
 - `GET /warmup`: load and run every model once.
 - `POST /pose/hybrid` (seed 001): JSON `{image_base64, frame_number, visualize?, session_id?,
   fps?}` -> `serve.schemas.hybrid_response`. The session (tracks, filters) is chosen by the
-  `X-Session-Id` header or the `session_id` field ("default" otherwise); a `frame_number` lower
-  than the session's last one (a new video) starts a new session under that id.
+  `X-Session-Id` header or the `session_id` field ("default" otherwise), within the tenant of
+  the request's bearer token (`serve.access`); a `frame_number` lower than the session's last
+  one (a new video) starts a new session under that id.
 - `POST /pose/frame?frame_number=&session_id=&fps=`: the same answer for a raw image body
   (`Content-Type: image/jpeg`, no base64, no JSON around it); 415 for another content type.
 - `GET /` (the live page) and `WS /ws/pose` (binary frames in, JSON out): `serve.live`.
@@ -19,7 +20,9 @@ Routes (both profiles serve all of them; only `/health` differs, as the two seed
   `GET /job_status/{job_id}`.
 - `POST /process` (seed 003): JSON `{video_filename, model?, bboxes_path?, overlay?}`, a file
   under `--video-root`; `GET /status/{task_id}`, `GET /tasks`, `DELETE /tasks/{task_id}` (a queued
-  task is cancelled; a processing one runs on, its record is removed).
+  task is cancelled; a processing one stops at its next progress tick and its folder goes).
+- `GET /files/{task_id}/{name}`: a finished job's `frames.jsonl`, `predictions.json` or
+  `overlay.mp4` (the answers' `result.urls`; their paths follow `serve.results`).
 Errors (`{"detail": "..."}`): 400 bad JSON / base64 / image / video form, 403 a video outside
 `--video-root`, 404 unknown job, task or video file, 413 body over the size limit, 415 a
 `/pose/frame` body that is not an image type, 422 fields of the wrong type, 503 with
@@ -35,29 +38,30 @@ state lives in this process: with several uvicorn workers, route a session to on
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve.access import add_access_control
+from serve.access import add_access_control, tenant_of
 from serve.engine import Engine
 from serve.images import ImageDecodeError, decode_base64_image, decode_image
 from serve.jobs import EngineSpec, JobLimits, JobRunner, QueueFullError
 from serve.live import add_live_routes
+from serve.results import AnswerPaths, job_status, result_file, task_status
 from serve.schemas import hybrid_response
 from serve.session import FPS_RANGE, MAX_FRAME_NUMBER, Session
 from serve.store import ServerLease, TaskStore, now_iso
@@ -95,6 +99,7 @@ class ServerConfig:
             None: no token.
         allowed_hosts: `Host` names answered (`serve.access`); ["*"]: any.
         body_timeout_s: a request body that stops arriving for this long is answered 408.
+        answer_paths: "absolute" or "relative" server paths in job answers (`serve.results`).
     """
 
     api: str = "hybrid"
@@ -117,10 +122,14 @@ class ServerConfig:
     body_timeout_s: float = 30.0
     token: str | None = field(default=None, repr=False)
     allowed_hosts: list[str] = field(default_factory=lambda: ["*"])
+    answer_paths: str = "absolute"
+    paths: AnswerPaths = field(init=False, repr=False)  # answer_paths with the folders
 
     def __post_init__(self) -> None:
         if self.api not in DEFAULT_PORTS:
             raise ValueError(f"--api must be one of {sorted(DEFAULT_PORTS)}, got {self.api!r}")
+        self.paths = AnswerPaths(self.answer_paths, Path(self.data_dir),
+                                 None if self.video_root is None else Path(self.video_root))
 
 
 class HybridRequest(BaseModel):
@@ -177,34 +186,40 @@ class _SessionEntry:
 
 
 class SessionPool:
-    """`/pose/hybrid` sessions by id, each with its lock; bounded and expiring.
+    """`/pose/hybrid` sessions by tenant and id, each with its lock; bounded and expiring.
 
     The pool's lock covers only the table; building a session (a MediaPipe graph: 0.15-0.7 s),
     answering a frame and closing a session happen under that session's own lock, so one
     session's work never stalls another's. A session replaced while a request waited for it
     (a restart, an eviction) is never used closed: the request looks its id up again.
 
+    Sessions are keyed by (tenant, id): a tenant (`serve.access.tenant_of`, one per bearer token)
+    never reaches another's sessions, whatever ids it sends. When the pool is full, the least
+    recently used session of the tenant holding the most goes, so a tenant opening session
+    after session evicts its own, not the others'.
+
     Args:
         engine: makes the sessions.
-        max_sessions: beyond this, the least recently used session is closed.
+        max_sessions: beyond this, a session is closed (as above).
         idle_s: a session unused this long is closed.
     """
 
     def __init__(self, engine: Engine, max_sessions: int, idle_s: float) -> None:
         self.engine, self.max_sessions, self.idle_s = engine, max_sessions, idle_s
-        self._sessions: OrderedDict[str, _SessionEntry] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, str], _SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     @contextmanager
-    def use(self, session_id: str, frame_number: int, options: dict[str, Any]) -> Iterator[Session]:
-        """The session to answer `frame_number` of `session_id` (a new one when the frame number
-        goes back), held under its lock for the duration of the `with` block."""
+    def use(self, key: tuple[str, str], frame_number: int,
+            options: dict[str, Any]) -> Iterator[Session]:
+        """The session to answer `frame_number` of `key` = (tenant, session id) (a new one when
+        the frame number goes back), held under its lock for the duration of the `with` block."""
         while True:
             with self._lock:
-                entry, retired = self._entry(session_id, frame_number, options)
+                entry, retired = self._entry(key, frame_number, options)
             for old in retired:
                 self._close(old)
             with entry.lock:
@@ -215,28 +230,35 @@ class SessionPool:
                 yield entry.session
                 return
 
-    def _entry(self, session_id: str, frame_number: int,
+    def _entry(self, key: tuple[str, str], frame_number: int,
                options: dict[str, Any]) -> tuple[_SessionEntry, list[_SessionEntry]]:
         """Under the pool's lock: the entry for this frame and the entries taken out."""
         now = time.monotonic()
-        retired = [self._retire(s) for s, e in list(self._sessions.items())
+        retired = [self._retire(k) for k, e in list(self._sessions.items())
                    if now - e.last_used > self.idle_s]
-        entry = self._sessions.get(session_id)
+        entry = self._sessions.get(key)
         if entry is not None and frame_number < entry.last_frame:
-            logger.info("session %s restarts at frame %d", session_id, frame_number)
-            retired.append(self._retire(session_id))
+            logger.info("session %s/%s restarts at frame %d", *key, frame_number)
+            retired.append(self._retire(key))
             entry = None
         if entry is None:
             entry = _SessionEntry(threading.Lock(), dict(options), frame_number, now)
-            self._sessions[session_id] = entry
+            self._sessions[key] = entry
             while len(self._sessions) > self.max_sessions:
-                retired.append(self._retire(next(iter(self._sessions))))
-        self._sessions.move_to_end(session_id)
+                retired.append(self._retire(self._victim()))
+        self._sessions.move_to_end(key)
         entry.last_frame, entry.last_used = frame_number, now
         return entry, retired
 
-    def _retire(self, session_id: str) -> _SessionEntry:
-        entry = self._sessions.pop(session_id)
+    def _victim(self) -> tuple[str, str]:
+        """The least recently used session of the tenant holding the most (the table is in
+        least-recently-used order)."""
+        held = Counter(tenant for tenant, _ in self._sessions)
+        most = max(held.values())
+        return next(key for key in self._sessions if held[key[0]] == most)
+
+    def _retire(self, key: tuple[str, str]) -> _SessionEntry:
+        entry = self._sessions.pop(key)
         entry.retired = True
         return entry
 
@@ -250,7 +272,7 @@ class SessionPool:
     def close_all(self) -> None:
         """Close every session."""
         with self._lock:
-            retired = [self._retire(sid) for sid in list(self._sessions)]
+            retired = [self._retire(key) for key in list(self._sessions)]
         for entry in retired:
             self._close(entry)
 
@@ -260,8 +282,8 @@ class InMemoryMultiPartParser(MultiPartParser):
     stays in memory (a SpooledTemporaryFile only rolls over to disk beyond its max size)."""
 
 
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, read into memory.
+async def body_chunks(request: Request, limit_bytes: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, bounded in size and in waiting.
 
     Raises:
         HTTPException 413: more than `limit_bytes` (by Content-Length, or as it streams);
@@ -271,26 +293,31 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise HTTPException(413, f"body of {int(declared)} bytes is over the limit of "
                                  f"{limit_bytes} bytes")
-    chunks, size = [], 0
+    size = 0
     idle_s = request.app.state.config.body_timeout_s
     stream = request.stream().__aiter__()
     while True:
         try:  # a client that stops sending mid-body is not waited for forever
             chunk = await asyncio.wait_for(stream.__anext__(), idle_s)
         except StopAsyncIteration:
-            break
+            return
         except asyncio.TimeoutError:
             raise HTTPException(408, f"no body bytes for {idle_s:g} s") from None
         size += len(chunk)
         if size > limit_bytes:
             raise HTTPException(413, f"body is over the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
-def session_id(request: Request, field_value: str | None) -> str:
-    """The session of a frame: the `X-Session-Id` header, else the body's or query's
-    `session_id`, else "default".
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, read into memory (`body_chunks`' limits and errors)."""
+    return b"".join([chunk async for chunk in body_chunks(request, limit_bytes)])
+
+
+def session_key(request: Request, field_value: str | None) -> tuple[str, str]:
+    """The session of a frame: (tenant, id), the tenant named by the request's bearer token
+    (`serve.access.tenant_of`; "" without tokens), the id the `X-Session-Id` header, else the
+    body's or query's `session_id`, else "default".
 
     Raises:
         HTTPException 422: an id over `MAX_SESSION_ID` characters.
@@ -298,7 +325,7 @@ def session_id(request: Request, field_value: str | None) -> str:
     sid = request.headers.get("x-session-id") or field_value or "default"
     if len(sid) > MAX_SESSION_ID:
         raise HTTPException(422, f"X-Session-Id is over {MAX_SESSION_ID} characters")
-    return sid
+    return tenant_of(request.app.state.config.token, request.headers), sid
 
 
 async def read_json(request: Request, limit_bytes: int, model: type[BaseModel]) -> BaseModel:
@@ -341,12 +368,9 @@ async def read_video_form(request: Request, limit_bytes: int) -> tuple[bytes, st
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "send the video as multipart/form-data with a 'video' file "
                                  "field (curl -F video=@clip.mp4)")
-    body = await read_body(request, limit_bytes)
-
-    async def replay() -> AsyncIterator[bytes]:
-        yield body
-
-    parser = InMemoryMultiPartParser(request.headers, replay(), max_files=1, max_fields=50)
+    # parsed as it arrives: the body is never held whole beside the file part parsed from it
+    parser = InMemoryMultiPartParser(request.headers, body_chunks(request, limit_bytes),
+                                     max_files=1, max_fields=50)
     parser.spool_max_size = limit_bytes + 1
     try:
         form = await parser.parse()
@@ -355,10 +379,20 @@ async def read_video_form(request: Request, limit_bytes: int) -> tuple[bytes, st
     video = form.get("video")
     if not isinstance(video, UploadFile):
         raise HTTPException(400, "no 'video' file in the form (curl -F video=@clip.mp4)")
-    data = await video.read()
+    data = _spooled_bytes(video)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     await form.close()
     return data, video.filename or "upload", fields
+
+
+def _spooled_bytes(upload: UploadFile) -> bytes:
+    """An in-memory upload's bytes without a copy: `BytesIO.getvalue` hands over its buffer,
+    where `read` would copy it (150 MB more for a 150 MB video)."""
+    spooled = getattr(upload.file, "_file", None)  # SpooledTemporaryFile's buffer
+    if isinstance(spooled, io.BytesIO):
+        return spooled.getvalue()
+    upload.file.seek(0)
+    return upload.file.read()
 
 
 def _form_options(fields: dict[str, str]) -> dict[str, Any]:
@@ -380,39 +414,6 @@ def _form_options(fields: dict[str, str]) -> dict[str, Any]:
     if "overlay" in fields:
         opts["overlay"] = fields["overlay"].strip().lower() in ("1", "true", "yes", "on")
     return opts
-
-
-def job_status(record: dict[str, Any]) -> dict[str, Any]:
-    """Seed 002's `/job_status` body ("complete" where the store says "completed")."""
-    status = {"completed": "complete"}.get(record["status"], record["status"])
-    result = record["result"] or {}
-    started = record["started_at"]
-    elapsed = None
-    if started:
-        end = datetime.fromisoformat(record["completed_at"]) if record["completed_at"] else None
-        elapsed = ((end or datetime.fromisoformat(now_iso())) -
-                   datetime.fromisoformat(started)).total_seconds()
-    return {
-        "job_id": record["id"], "status": status, "progress": round(record["progress"], 3),
-        "elapsed_time": elapsed, "result": record["result"],
-        "output_path": result.get("overlay") or result.get("predictions_file"),
-        "processing_time": result.get("processing_time"), "error": record["error"],
-    }
-
-
-def task_status(record: dict[str, Any]) -> dict[str, Any]:
-    """Seed 003's `/status/{task_id}` body."""
-    result = record["result"]
-    if result is not None:
-        result = {"visualization_dir": result["visualization_dir"],
-                  "predictions_dir": result["predictions_dir"],
-                  "predictions_file": result["predictions_file"], **result}
-    return {
-        "task_id": record["id"], "status": record["status"], "video_path": record["video_path"],
-        "model": record["model"], "created_at": record["created_at"],
-        "started_at": record["started_at"], "completed_at": record["completed_at"],
-        "progress": round(record["progress"], 3), "result": result, "error": record["error"],
-    }
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
@@ -476,9 +477,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def pose_hybrid(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         body = await read_json(request, limit_frame, HybridRequest)
-        sid = session_id(request, body.session_id)
+        key = session_key(request, body.session_id)
         options = {"fps": body.fps} if body.fps else {}
-        return await run_in_threadpool(_pose_frame, sid, body.frame_number, options, t0,
+        return await run_in_threadpool(_pose_frame, key, body.frame_number, options, t0,
                                        decode_base64_image, body.image_base64)
 
     @app.post("/pose/frame")
@@ -490,12 +491,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                                      f"image/jpeg (got {kind or 'none'!r})")
         query = FrameQuery.from_query(request.query_params)
         data = await read_body(request, limit_frame)
-        sid = session_id(request, query.session_id)
+        key = session_key(request, query.session_id)
         options = {"fps": query.fps} if query.fps else {}
-        return await run_in_threadpool(_pose_frame, sid, query.frame_number, options, t0,
+        return await run_in_threadpool(_pose_frame, key, query.frame_number, options, t0,
                                        decode_image, data)
 
-    def _pose_frame(sid: str, frame_number: int, options: dict, t0: float,
+    def _pose_frame(key: tuple[str, str], frame_number: int, options: dict, t0: float,
                     decode: Any, payload: Any) -> JSONResponse:
         t1 = time.perf_counter()
         try:
@@ -503,7 +504,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         except ImageDecodeError as exc:
             raise HTTPException(400, str(exc)) from exc
         t2 = time.perf_counter()
-        with state["sessions"].use(sid, frame_number, options) as session:
+        with state["sessions"].use(key, frame_number, options) as session:
             result = session.step(decoded.image, frame_number=frame_number,
                                   original_size=decoded.size)
         t3 = time.perf_counter()
@@ -543,7 +544,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             if record["status"] in ("completed", "failed", "cancelled"):
                 break
             await asyncio.sleep(SYNC_POLL_S)
-        body = job_status(record)
+        body = job_status(record, cfg.paths)
         if record["status"] == "completed":
             frames_file = Path(record["result"]["frames_file"])
             body["frames"] = [json.loads(line) for line in frames_file.read_text().splitlines()]
@@ -561,7 +562,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.get("/job_status/{job_id}")
     def get_job_status(job_id: str) -> dict[str, Any]:
-        return job_status(_record(job_id))
+        return job_status(_record(job_id), cfg.paths)
 
     @app.post("/process")
     async def process(request: Request) -> dict[str, Any]:
@@ -594,15 +595,23 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.get("/status/{task_id}")
     def status(task_id: str) -> dict[str, Any]:
-        return task_status(_record(task_id))
+        return task_status(_record(task_id), cfg.paths)
 
     @app.get("/tasks")
     def tasks(limit: int = Query(1000, ge=1, le=10_000), offset: int = Query(0, ge=0)
               ) -> dict[str, Any]:
         store = state["store"]
-        records = [task_status(r) for r in store.list(limit=limit, offset=offset)]
+        records = [task_status(r, cfg.paths) for r in store.list(limit=limit, offset=offset)]
         return {"tasks": records, "total": sum(store.counts().values()),
                 "limit": limit, "offset": offset}
+
+    @app.get("/files/{task_id}/{name}")
+    def files(task_id: str, name: str) -> FileResponse:
+        path = result_file(_record(task_id), name)
+        if path is None:
+            raise HTTPException(404, f"task {task_id!r} has no file {name[:100]!r} (its "
+                                     "answer's result.urls lists the ones it has)")
+        return FileResponse(path, filename=name)
 
     @app.delete("/tasks/{task_id}")
     def delete_task(task_id: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,9 +210,10 @@ def _overlay(image: np.ndarray, result: SessionFrame) -> np.ndarray:
     return out
 
 
-def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue,
-                 limits: JobLimits, server_pid: int) -> None:
-    """A job worker process: load the model once, then run jobs until a None arrives."""
+def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: Connection,
+                 ready: mp.Queue, limits: JobLimits, server_pid: int) -> None:
+    """A job worker process: load the model once, then, until a None arrives, say it is ready
+    (its pid on `ready`) and run the job the server sends on `jobs` (`JobRunner._hand_over`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it stops us
     # the server's pid as the server saw it: a server killed while this worker was still
     # importing has left it to pid 1 already, and os.getppid() here would wait on pid 1 forever
@@ -220,10 +222,15 @@ def _worker_main(spec: EngineSpec, db_path: str, data_dir: str, jobs: mp.Queue,
     engine = spec.build()
     store = TaskStore(db_path)
     while True:
-        item = jobs.get()
-        if item is None:
+        ready.put(os.getpid())
+        try:
+            header = jobs.recv()
+        except EOFError:  # the server is gone
             break
-        task_id, video, video_path, params = item
+        if header is None:
+            break
+        task_id, has_video, video_path, params = header
+        video = jobs.recv_bytes() if has_video else None
         if not store.start(task_id, os.getpid()):
             continue  # cancelled or deleted while queued
         job_dir = Path(data_dir) / "jobs" / task_id
@@ -317,12 +324,13 @@ class JobRunner:
         self.workers, self.max_queue = workers, max_queue
         self.limits, self.keep_days = limits or JobLimits(), keep_days
         self._ctx = mp.get_context("spawn")  # no forked copy of the server's threads and models
-        # Jobs wait here, in the server, where a cancelled one's upload is dropped at once; the
-        # hand-off queue to the workers holds at most one job per worker.
+        # Jobs wait here, in the server, where a cancelled one's upload is dropped at once, and
+        # go to a worker only when it says it is ready: no job waits in a pipe.
         self._pending: deque[tuple[str, bytes | None, str | None, dict]] = deque()
         self._cond = threading.Condition()
-        self._queue: mp.Queue = self._ctx.Queue(maxsize=workers)
+        self._ready: mp.Queue = self._ctx.Queue()  # pids of workers waiting for a job
         self._procs: list[mp.Process] = []
+        self._pipes: dict[int, Connection] = {}  # worker pid -> the end jobs are sent on
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
@@ -347,11 +355,14 @@ class JobRunner:
         self._dispatcher.start()
 
     def _spawn(self) -> mp.Process:
+        receive, send = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=_worker_main, name="stream-pose-job-worker", daemon=True,
-            args=(self.spec, str(self.store.path), str(self.data_dir), self._queue, self.limits,
-                  os.getpid()))
+            args=(self.spec, str(self.store.path), str(self.data_dir), receive, self._ready,
+                  self.limits, os.getpid()))
         proc.start()
+        receive.close()  # the worker's end: it holds its own copy
+        self._pipes[proc.pid] = send
         logger.info("job worker started (pid %d)", proc.pid)
         return proc
 
@@ -384,19 +395,37 @@ class JobRunner:
         return False
 
     def _dispatch(self) -> None:
-        """Hand the waiting jobs to the workers, in order, as they have room."""
-        while True:
+        """Hand the waiting jobs, in order, to workers that say they are ready."""
+        while not self._stop.is_set():
+            try:
+                pid = self._ready.get(timeout=MONITOR_INTERVAL_S)
+            except queue_lib.Empty:
+                continue
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._stop.is_set())
                 if self._stop.is_set():
                     return
                 item = self._pending.popleft()
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=MONITOR_INTERVAL_S)
-                    break
-                except queue_lib.Full:
-                    continue
+            if not self._hand_over(pid, item):
+                with self._cond:  # that worker died: the job waits for the next one
+                    self._pending.appendleft(item)
+            del item  # an upload is the worker's now; keeping it would hold its bytes here
+
+    def _hand_over(self, pid: int, item: tuple[str, bytes | None, str | None, dict]) -> bool:
+        """Send a job to the ready worker `pid`: its header, then the upload's bytes straight
+        from their buffer (a Queue would pickle a copy first, and its feeder thread keeps the
+        last one). False when the worker is gone."""
+        pipe = self._pipes.get(pid)
+        if pipe is None:
+            return False
+        task_id, video, video_path, params = item
+        try:
+            pipe.send((task_id, video is not None, video_path, params))
+            if video is not None:
+                pipe.send_bytes(video)
+        except (OSError, ValueError):  # a worker that died after saying it was ready
+            return False
+        return True
 
     def _watch(self) -> None:
         """Replace dead workers and fail the job each was processing; prune old job folders."""
@@ -413,6 +442,9 @@ class JobRunner:
                     self.store.fail(task_id, f"job worker (pid {proc.pid}) {reason}; "
                                     "the job did not finish")
                     logger.warning("job %s failed: worker pid %d %s", task_id, proc.pid, reason)
+                pipe = self._pipes.pop(proc.pid, None)
+                if pipe is not None:
+                    pipe.close()
                 if not self._stop.is_set():
                     self._procs[i] = self._spawn()
 
@@ -431,16 +463,12 @@ class JobRunner:
             self._cond.notify_all()
         if self._dispatcher is not None:
             self._dispatcher.join(2 * MONITOR_INTERVAL_S + 1.0)
-        try:  # jobs not started stay queued in the store (a restart recovers them)
-            while True:
-                self._queue.get_nowait()
-        except (queue_lib.Empty, OSError, ValueError):
-            pass
-        for _ in self._procs:
+        # jobs not started stay queued in the store (a restart recovers them)
+        for pipe in self._pipes.values():
             try:
-                self._queue.put(None, timeout=1.0)
-            except queue_lib.Full:
-                break  # a worker that misses its None is terminated below
+                pipe.send(None)  # read when the worker is done with its job, if any
+            except (OSError, ValueError):
+                pass  # a dead worker
         deadline = time.monotonic() + timeout_s
         for proc in self._procs:
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -449,13 +477,11 @@ class JobRunner:
                 proc.join(1.0)
             for task_id in self.store.running_on(proc.pid):
                 self.store.fail(task_id, "the server stopped during the job")
-        try:
-            while True:
-                self._queue.get_nowait()
-        except (queue_lib.Empty, OSError, ValueError):
-            pass
-        self._queue.close()
-        self._queue.join_thread()
+        for pipe in self._pipes.values():
+            pipe.close()
+        self._pipes.clear()
+        self._ready.close()
+        self._ready.join_thread()
 
 
 def _exit_reason(exitcode: int | None) -> str:

@@ -66,7 +66,8 @@ def secret_values(environ: Mapping[str, str] | None = None,
                   env_files: Iterable[str | os.PathLike] | None = None) -> list[str]:
     """Values of secret variables (names ending in `SECRET_ENV_SUFFIXES`), longest first so that
     a secret containing another is masked whole; values shorter than `MIN_SECRET_LEN`
-    characters are ignored.
+    characters are ignored. A comma-separated value (several tokens, `serve.access`) counts
+    whole and by each of its parts.
 
     Args:
         environ: the environment; None reads `os.environ`.
@@ -79,6 +80,7 @@ def secret_values(environ: Mapping[str, str] | None = None,
         if Path(path).is_file():
             env.update({k: v or "" for k, v in dotenv_values(path).items() if k not in env})
     values = {v.strip() for k, v in env.items() if k.upper().endswith(SECRET_ENV_SUFFIXES)}
+    values |= {part.strip() for v in values if "," in v for part in v.split(",")}
     return sorted((v for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 
