@@ -331,6 +331,7 @@ class JobRunner:
         self._ready: mp.Queue = self._ctx.Queue()  # pids of workers waiting for a job
         self._procs: list[mp.Process] = []
         self._pipes: dict[int, Connection] = {}  # worker pid -> the end jobs are sent on
+        self._handed: dict[int, str] = {}  # worker pid -> the task last sent to it
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
@@ -406,7 +407,9 @@ class JobRunner:
                 if self._stop.is_set():
                     return
                 item = self._pending.popleft()
-            if not self._hand_over(pid, item):
+            if self._hand_over(pid, item):
+                self._handed[pid] = item[0]
+            else:
                 with self._cond:  # that worker died: the job waits for the next one
                     self._pending.appendleft(item)
             del item  # an upload is the worker's now; keeping it would hold its bytes here
@@ -438,10 +441,13 @@ class JobRunner:
                 if proc.is_alive():
                     continue
                 reason = _exit_reason(proc.exitcode)
-                for task_id in self.store.running_on(proc.pid):
-                    self.store.fail(task_id, f"job worker (pid {proc.pid}) {reason}; "
-                                    "the job did not finish")
-                    logger.warning("job %s failed: worker pid %d %s", task_id, proc.pid, reason)
+                # its job, started or still only received (an upload's bytes were its alone)
+                lost = {*self.store.running_on(proc.pid), self._handed.pop(proc.pid, None)}
+                for task_id in lost - {None}:
+                    if self.store.fail(task_id, f"job worker (pid {proc.pid}) {reason}; "
+                                       "the job did not finish"):
+                        logger.warning("job %s failed: worker pid %d %s", task_id, proc.pid,
+                                       reason)
                 pipe = self._pipes.pop(proc.pid, None)
                 if pipe is not None:
                     pipe.close()

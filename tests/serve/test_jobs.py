@@ -1,15 +1,23 @@
-"""serve.jobs worker processes outlive no server (issue 21 follow-up: the live page's browser
-test left a job worker running for 30 minutes after its server was killed)."""
+"""serve.jobs worker processes: they outlive no server (issue 21 follow-up: the live page's
+browser test left a job worker running for 30 minutes after its server was killed), and a job
+is never lost with a worker that dies holding it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
+import av
 import pytest
-from shared_paths import REPO
+from shared_paths import REPO, VIDEOS
+from videotools import encode_video
+
+from serve.jobs import EngineSpec, JobRunner
+from serve.store import TaskStore
 
 # A server that starts its job worker and is killed at once, while the worker still imports.
 SERVER = """
@@ -47,3 +55,52 @@ def test_a_worker_whose_server_died_during_its_start_exits(tmp_path):
     for pid in leftover:
         os.kill(pid, 9)
     assert not leftover, "a job worker outlived its server"
+
+
+def _short_clip(path, frames: int = 8):
+    """The first frames of a real clip, as an H.264 mp4 (a job that takes a second)."""
+    with av.open(str(VIDEOS / "posetrack_short.mp4")) as container:
+        images = [f.to_ndarray(format="rgb24")
+                  for f, _ in zip(container.decode(video=0), range(frames))]
+    path.write_bytes(encode_video(images, list(range(frames)), Fraction(1, 30)))
+    return path
+
+
+def _job(runner: JobRunner, store: TaskStore, clip) -> str:
+    record = store.create("video", video_path=str(clip), model="mediapipe", params={})
+    runner.submit(record, None)
+    return record["id"]
+
+
+def _wait(store: TaskStore, task_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (record := store.get(task_id))["status"] in ("queued", "processing"):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    return record
+
+
+@pytest.mark.slow
+def test_a_worker_killed_holding_a_job_it_has_not_started_fails_that_job(tmp_path):
+    pytest.importorskip("mediapipe")
+    clip = _short_clip(tmp_path / "clip.mp4")
+    store = TaskStore(tmp_path / "tasks.sqlite3")
+    runner = JobRunner(EngineSpec("mediapipe"), store, tmp_path / "data")
+    runner.start()
+    try:
+        assert _wait(store, _job(runner, store, clip))["status"] == "completed"
+        (pid,) = runner.worker_pids()
+        time.sleep(2)  # it has said it is ready for the next job
+        os.kill(pid, signal.SIGSTOP)  # so it receives the job but never starts it
+        held = _job(runner, store, clip)
+        deadline = time.monotonic() + 10
+        while runner._pending:  # handed to the stopped worker
+            assert time.monotonic() < deadline, "the job was not handed out"
+            time.sleep(0.05)
+        assert store.get(held)["status"] == "queued"
+        os.kill(pid, signal.SIGKILL)
+        record = _wait(store, held, timeout_s=30)  # was queued forever
+        assert record["status"] == "failed" and "SIGKILL" in record["error"], record
+        assert _wait(store, _job(runner, store, clip))["status"] == "completed"  # its successor
+    finally:
+        runner.stop()
