@@ -194,8 +194,9 @@ def build_manifest(videos: Iterable[Mapping[str, Any]], teacher: Mapping[str, An
                    train_step: int | None = None,
                    secrets: list[str] | None = None) -> dict[str, Any]:
     """The manifest (module docstring) of these video entries and this teacher, ready to write:
-    videos merged (`merge_videos`), totals counted, then redacted (`redact_manifest`) and
-    checked (`validate_manifest`).
+    videos merged (`merge_videos`), those with no frame labelled left out (a producer had only
+    opened them when the checkpoint was written: the model saw nothing of them), totals counted,
+    then redacted (`redact_manifest`) and checked (`validate_manifest`).
 
     Args:
         videos: entries from `video_entry` (or a restored manifest's `videos`).
@@ -203,7 +204,7 @@ def build_manifest(videos: Iterable[Mapping[str, Any]], teacher: Mapping[str, An
         train_step: optimizer steps of the model; None: unknown.
         secrets: secret values to mask; None: `stream_pose.secrets.secret_values()`.
     """
-    entries = merge_videos(videos)
+    entries = [e for e in merge_videos(videos) if e["frames"] > 0]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -119,6 +119,15 @@ def test_manifest_schema_totals_teacher_and_versions():
     assert parse_manifest(manifest_json(manifest)) == manifest
 
 
+def test_a_video_only_opened_when_the_checkpoint_was_written_is_not_named():
+    manifest = _manifest(
+        video_entry(PEXELS_REF, video_id=PEXELS_REF.id, split="train", frames=10, samples=8),
+        video_entry(None, video_id="just_opened", split="train", frames=0, samples=0),
+        video_entry(None, video_id="just_opened", split="train", frames=0, samples=0))
+    assert [v["id"] for v in manifest["videos"]] == [PEXELS_REF.id]
+    assert manifest["totals"] == {"videos": 1, "frames": 10, "samples": 8}
+
+
 def test_teacher_from_factories():
     plain = teacher_info([], functools.partial(MediaPipeTeacher, model_complexity=1))
     assert plain["name"] == "mediapipe"
