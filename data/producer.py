@@ -629,12 +629,12 @@ class Producer:
 
     def _fail_stalled(self, idle_s: float) -> None:
         doing, line = describe_doing(self._stats), _stuck_at(self._thread)
-        self._error = ProducerStalledError(
+        error = ProducerStalledError(
             f"the producer thread made no progress for {idle_s:.0f} s {doing}, stuck at {line} "
             f"(producer.stall_timeout_s={self._stall_timeout_s:g}); a thread cannot be "
             f"restarted: producer.workers >= 1 restarts stalled producers")
-        self._stalls = 1
-        logger.error("%s", self._error)
+        logger.error("%s", error)  # logged before anyone polling `error` can see it
+        self._stalls, self._error = 1, error
         self._stop.set()  # it stops at its next frame, if it ever gets one
 
 

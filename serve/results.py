@@ -54,9 +54,7 @@ class AnswerPaths:
 
     def video(self, path: str | None) -> str | None:
         """A `/process` video's path as answered: unchanged, or relative to `video_root`."""
-        if self.style == "absolute" or self.video_root is None:
-            return path if self.style == "absolute" else _relative(path, None)
-        return _relative(path, self.video_root)
+        return path if self.style == "absolute" else _relative(path, self.video_root)
 
 
 def _relative(path: str | None, root: Path | None) -> str | None:
