@@ -319,24 +319,31 @@ def test_an_upload_costs_about_its_size_in_server_memory(tmp_path):
     """The probe (issue 21): a 150 MB upload cost 490 MB of peak RSS, and ~450 MB stayed held
     after the job was handed to a worker (measured here: +600 MB peak, 4x). The form is parsed
     as it arrives, its bytes taken without a copy and sent to a ready worker straight from their
-    buffer: peak 1.3x, and nothing stays."""
+    buffer: peak 1.3x. What the parse's growing buffers freed was still held at the top of the
+    heap (glibc keeps up to 64 MB untrimmed once a large block was freed: +45 MB for 80 MB in a
+    CI run) until the server gave it back after each parse (`release_freed_heap`)."""
     pytest.importorskip("mediapipe")
     size_mb = 80
     server = Server(tmp_path, "--model", "mediapipe")
     try:
         pid = server.proc.pid
+
+        def upload(mb: int) -> dict:
+            r = server.post("/process_video_async",
+                            files={"video": ("noise.mp4", os.urandom(mb << 20))})
+            assert r.status_code == 200, r.text
+            return server.wait_for(f"/job_status/{r.json()['job_id']}", ("failed",))
+
+        upload(1)  # the upload path's imports and first allocations are not the upload's cost
         before = _rss_mb(pid)
         with open(f"/proc/{pid}/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-        r = server.post("/process_video_async",
-                        files={"video": ("noise.mp4", os.urandom(size_mb << 20))})
-        assert r.status_code == 200, r.text
-        job = server.wait_for(f"/job_status/{r.json()['job_id']}", ("failed",))
+        job = upload(size_mb)
         assert "decod" in job["error"].lower(), job  # noise: the worker got it and said why
         peak = procfs.status_kib(pid)["VmHWM"] / 1024 - before
         assert peak < 1.6 * size_mb, f"peak RSS +{peak:.0f} MB for a {size_mb} MB upload"
         held = _rss_mb(pid) - before
-        assert held < 0.5 * size_mb, f"{held:.0f} MB still held after the hand-off"
+        assert held < 0.2 * size_mb, f"{held:.0f} MB still held after the hand-off"
     finally:
         server.stop()
 
