@@ -331,7 +331,9 @@ class JobRunner:
         self._ready: mp.Queue = self._ctx.Queue()  # pids of workers waiting for a job
         self._procs: list[mp.Process] = []
         self._pipes: dict[int, Connection] = {}  # worker pid -> the end jobs are sent on
-        self._handed: dict[int, str] = {}  # worker pid -> the task last sent to it
+        # worker pid -> the header of the job last sent to it: a worker that dies before
+        # starting it leaves a path job to be sent again (an upload's bytes went with it)
+        self._handed: dict[int, tuple[str, bool, str | None, dict]] = {}
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._dispatcher: threading.Thread | None = None
@@ -408,7 +410,7 @@ class JobRunner:
                     return
                 item = self._pending.popleft()
             if self._hand_over(pid, item):
-                self._handed[pid] = item[0]
+                self._handed[pid] = _header(item)
             else:
                 with self._cond:  # that worker died: the job waits for the next one
                     self._pending.appendleft(item)
@@ -421,11 +423,10 @@ class JobRunner:
         pipe = self._pipes.get(pid)
         if pipe is None:
             return False
-        task_id, video, video_path, params = item
         try:
-            pipe.send((task_id, video is not None, video_path, params))
-            if video is not None:
-                pipe.send_bytes(video)
+            pipe.send(_header(item))
+            if item[1] is not None:
+                pipe.send_bytes(item[1])
         except (OSError, ValueError):  # a worker that died after saying it was ready
             return False
         return True
@@ -441,9 +442,11 @@ class JobRunner:
                 if proc.is_alive():
                     continue
                 reason = _exit_reason(proc.exitcode)
-                # its job, started or still only received (an upload's bytes were its alone)
-                lost = {*self.store.running_on(proc.pid), self._handed.pop(proc.pid, None)}
-                for task_id in lost - {None}:
+                lost = set(self.store.running_on(proc.pid))
+                handed = self._handed.pop(proc.pid, None)
+                if handed is not None and not self._send_again(handed, proc.pid, reason):
+                    lost.add(handed[0])
+                for task_id in lost:
                     if self.store.fail(task_id, f"job worker (pid {proc.pid}) {reason}; "
                                        "the job did not finish"):
                         logger.warning("job %s failed: worker pid %d %s", task_id, proc.pid,
@@ -453,6 +456,26 @@ class JobRunner:
                     pipe.close()
                 if not self._stop.is_set():
                     self._procs[i] = self._spawn()
+
+    def _send_again(self, header: tuple[str, bool, str | None, dict], pid: int,
+                    reason: str) -> bool:
+        """Queue again, first in line, a job sent to a worker that died before starting it
+        (its record still queued) when it names a file; an upload's bytes died with the worker
+        (False: the job fails). True also when its record is no longer queued (a started job
+        is failed through `TaskStore.running_on`; a finished or deleted one needs nothing).
+        """
+        task_id, upload, video_path, params = header
+        record = self.store.get(task_id)
+        if record is None or record["status"] != "queued":
+            return True
+        if upload:
+            return False
+        logger.warning("job worker (pid %d) %s before starting job %s; the next worker takes it",
+                       pid, reason, task_id)
+        with self._cond:
+            self._pending.appendleft((task_id, None, video_path, params))
+            self._cond.notify()
+        return True
 
     def alive_workers(self) -> int:
         """Worker processes running now."""
@@ -488,6 +511,14 @@ class JobRunner:
         self._pipes.clear()
         self._ready.close()
         self._ready.join_thread()
+
+
+def _header(item: tuple[str, bytes | None, str | None, dict]) -> tuple[str, bool, str | None,
+                                                                        dict]:
+    """What a worker is sent before a job's bytes: (task id, whether an upload follows, the
+    video's path, the job's options)."""
+    task_id, video, video_path, params = item
+    return task_id, video is not None, video_path, params
 
 
 def _exit_reason(exitcode: int | None) -> str:
