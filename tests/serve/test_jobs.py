@@ -80,64 +80,63 @@ def _wait(store: TaskStore, task_id: str, timeout_s: float = 120) -> dict:
     return record
 
 
+@pytest.fixture
+def idle_worker(tmp_path):
+    """(clip, store, runner, pid): a runner whose one MediaPipe worker has run a job and said
+    it is ready for the next."""
+    pytest.importorskip("mediapipe")
+    clip = _short_clip(tmp_path / "clip.mp4")
+    store = TaskStore(tmp_path / "tasks.sqlite3")
+    runner = JobRunner(EngineSpec("mediapipe"), store, tmp_path / "data")
+    runner.start()
+    try:
+        assert _wait(store, _job(runner, store, clip))["status"] == "completed"
+        (pid,) = runner.worker_pids()
+        time.sleep(2)  # it has said it is ready for the next job
+        yield clip, store, runner, pid
+    finally:
+        runner.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,outcome", [("path", "completed"), ("upload", "completed"),
                                           ("small upload", "failed")])
-def test_a_worker_killed_holding_a_job_it_has_not_started(tmp_path, kind, outcome):
+def test_a_worker_killed_holding_a_job_it_has_not_started(idle_worker, kind, outcome):
     """A job sent to a worker that dies before starting it was left queued forever. A job on a
     file goes to the next worker. An upload larger than the pipe's buffer (64 KiB on Linux) is
     still being sent when the worker dies, so its bytes are still here and it goes on too; a
     smaller one sat whole in the pipe and died with the worker, so that job fails, saying why."""
-    pytest.importorskip("mediapipe")
-    clip = _short_clip(tmp_path / "clip.mp4")
-    store = TaskStore(tmp_path / "tasks.sqlite3")
-    runner = JobRunner(EngineSpec("mediapipe"), store, tmp_path / "data")
-    runner.start()
-    try:
-        assert _wait(store, _job(runner, store, clip))["status"] == "completed"
-        (pid,) = runner.worker_pids()
-        time.sleep(2)  # it has said it is ready for the next job
-        os.kill(pid, signal.SIGSTOP)  # so it receives the job but never starts it
-        if kind == "path":
-            held = _job(runner, store, clip)
-        else:
-            data = clip.read_bytes() if kind == "upload" else os.urandom(16 << 10)
-            assert (len(data) > 64 << 10) == (kind == "upload")
-            held = store.create("video", video_path=None, model="mediapipe", params={})["id"]
-            runner.submit(store.get(held), data)
-        deadline = time.monotonic() + 10
-        while runner._pending:  # handed to the stopped worker
-            assert time.monotonic() < deadline, "the job was not handed out"
-            time.sleep(0.05)
-        assert store.get(held)["status"] == "queued"
-        os.kill(pid, signal.SIGKILL)
-        record = _wait(store, held, timeout_s=60)  # was queued forever
-        assert record["status"] == outcome, record
-        if outcome == "failed":
-            assert "SIGKILL" in record["error"], record  # not the noise's decoding error
-        assert _wait(store, _job(runner, store, clip))["status"] == "completed"
-    finally:
-        runner.stop()
+    clip, store, runner, pid = idle_worker
+    os.kill(pid, signal.SIGSTOP)  # so it receives the job but never starts it
+    if kind == "path":
+        held = _job(runner, store, clip)
+    else:
+        data = clip.read_bytes() if kind == "upload" else os.urandom(16 << 10)
+        assert (len(data) > 64 << 10) == (kind == "upload")
+        held = store.create("video", video_path=None, model="mediapipe", params={})["id"]
+        runner.submit(store.get(held), data)
+    deadline = time.monotonic() + 10
+    while runner._pending:  # handed to the stopped worker
+        assert time.monotonic() < deadline, "the job was not handed out"
+        time.sleep(0.05)
+    assert store.get(held)["status"] == "queued"
+    os.kill(pid, signal.SIGKILL)
+    record = _wait(store, held, timeout_s=60)  # was queued forever
+    assert record["status"] == outcome, record
+    if outcome == "failed":
+        assert "SIGKILL" in record["error"], record  # not the noise's decoding error
+    assert _wait(store, _job(runner, store, clip))["status"] == "completed"
 
 
 @pytest.mark.slow
-def test_a_job_for_a_worker_that_died_after_saying_it_was_ready_goes_to_its_successor(tmp_path):
+def test_a_job_for_a_worker_that_died_after_saying_it_was_ready_goes_to_its_successor(
+        idle_worker):
     """A worker killed while idle has its pid on the ready queue already: the job sent to it
     meets a broken pipe (or no pipe, once the monitor noticed) and must wait for the next worker,
     neither lost nor failed."""
-    pytest.importorskip("mediapipe")
-    clip = _short_clip(tmp_path / "clip.mp4")
-    store = TaskStore(tmp_path / "tasks.sqlite3")
-    runner = JobRunner(EngineSpec("mediapipe"), store, tmp_path / "data")
-    runner.start()
-    try:
-        assert _wait(store, _job(runner, store, clip))["status"] == "completed"
-        (pid,) = runner.worker_pids()
-        time.sleep(2)  # it has said it is ready for the next job
-        os.kill(pid, signal.SIGKILL)
-        task_id = _job(runner, store, clip)  # before the monitor sees the death
-        record = _wait(store, task_id)
-        assert record["status"] == "completed", record
-        assert pid not in runner.worker_pids() and runner.alive_workers() == 1
-    finally:
-        runner.stop()
+    clip, store, runner, pid = idle_worker
+    os.kill(pid, signal.SIGKILL)
+    task_id = _job(runner, store, clip)  # before the monitor sees the death
+    record = _wait(store, task_id)
+    assert record["status"] == "completed", record
+    assert pid not in runner.worker_pids() and runner.alive_workers() == 1
